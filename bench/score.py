@@ -84,7 +84,7 @@ def run_ours(pred: Path, out: Path, data: str, tokenizer: str) -> float:
     code = (
         "from mcmdpo.metrics import altext, nlp; "
         f"altext.score_file({str(pred)!r}, ['paper', 'coco'], {str(out)!r}, "
-        f"nlp.TextConfig(tokenizer={tokenizer!r}, data_dirs=({data!r},) if {data!r} else ()))"
+        f"nlp.NltkSpec(tokenizer={tokenizer!r}, data_dirs=({data!r},) if {data!r} else ()))"
     )
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True)

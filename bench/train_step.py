@@ -126,9 +126,9 @@ def data_cost(run_dir: Path, stage: str, steps: int) -> float:
     import numpy as np
     from transformers.utils import logging as hf_logging
 
+    from mcmdpo.data.reference_logprobs import ReferenceLogprobs
     from mcmdpo.data.shards import PreferenceShards
     from mcmdpo.model import load_llava
-    from mcmdpo.stages.reference import ReferenceLogprobs
     from mcmdpo.train.objectives import OfflineReference, PreferenceObjective, SampleSource, SftObjective
     from mcmdpo.train.spec import LossSpec
 

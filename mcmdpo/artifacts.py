@@ -8,7 +8,8 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,12 @@ def read_events(path: Path) -> list[dict[str, Any]]:
         with contextlib.suppress(json.JSONDecodeError):
             events.append(json.loads(line))
     return events
+
+
+def package_versions(names: Iterable[str]) -> dict[str, str]:
+    """Installed versions of the distributions ``names`` (missing ones left out)."""
+    out = {}
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out

@@ -1,9 +1,11 @@
 """External resources of the evaluation benchmarks: where they are looked for, whether they are there,
 and how to get them on a machine with internet. Nothing is downloaded at run time.
 
-:func:`check_recipe` lists every resource the recipe's ``[eval]`` section needs (benchmark files,
-COCO annotations, AMBER data, MMHal template and images, NLTK data, Java for the coco protocol,
-optional spaCy models, the judge's API key variable); :func:`format_assets` renders the list;
+:func:`check_recipe` lists every resource the recipe's ``[eval]`` benchmarks need under its
+``[score]`` settings (each benchmark module of :mod:`mcmdpo.benchmarks` names its own: benchmark
+files, COCO annotations, AMBER data, MMHal template and images; the helpers here check NLTK data,
+Java for the coco protocol, spaCy models, the judge's API key variable); :func:`format_assets` renders
+the list;
 :func:`require_assets` raises :class:`AssetsMissing` with the same text, which the ``eval`` and
 ``score`` stages call before doing any work.
 
@@ -26,27 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from mcmdpo.artifacts import file_hash
+from mcmdpo.errors import McmdpoError
 
 NLTK_HOW = (
     "python -m nltk.downloader -d DIR punkt_tab wordnet averaged_perceptron_tagger_eng on a connected "
-    "machine, copy DIR over and list it in eval.nltk.data_dirs (or export NLTK_DATA=DIR)"
+    "machine, copy DIR over and list it in score.nltk.data_dirs (or export NLTK_DATA=DIR)"
 )
 WORDNET_HOW = NLTK_HOW + (
     "; offline alternative: apt-get install wordnet-base wordnet-sense-index, then "
     "python -c \"from mcmdpo.assets import install_wordnet; install_wordnet('/usr/share/wordnet', DIR)\""
-)
-COCO_HOW = (
-    "wget http://images.cocodataset.org/annotations/annotations_trainval2014.zip && unzip it; "
-    "point eval.objhal.coco_dir at its annotations/ folder"
-)
-RLAIFV_HOW = "git clone https://github.com/RLHF-V/RLAIF-V (files under eval/data/)"
-MMHAL_HOW = (
-    "the MMHal-Bench release (https://huggingface.co/datasets/Shengcao1006/MMHal-Bench): the 96-question "
-    "answer template JSON and its images folder"
-)
-AMBER_HOW = (
-    "git clone https://github.com/junyangwang0410/AMBER (data/ folder); the images come from the archive "
-    "linked in its README"
 )
 SPACY_HOW = "pip install spacy && python -m spacy download {model} (or pip install the model's wheel)"
 JAVA_HOW = "install a Java runtime >= 8 (apt-get install default-jre-headless, or `module load java`)"
@@ -102,14 +92,16 @@ class AssetStatus:
         return not self.present and not self.optional
 
 
-class AssetsMissing(RuntimeError):
+class AssetsMissing(McmdpoError, RuntimeError):
     """Required resources are missing; the message lists them and how to obtain them."""
 
 
 # ---------------------------------------------------------------- checks
 
 
-def _file(name: str, needed_by: str, path: Path | str, how: str, checksums: bool = False) -> AssetStatus:
+def file_status(
+    name: str, needed_by: str, path: Path | str, how: str, checksums: bool = False
+) -> AssetStatus:
     p = Path(path)
     present = p.is_file()
     digest = f"sha256:{file_hash(p)}" if present and checksums else None
@@ -117,14 +109,14 @@ def _file(name: str, needed_by: str, path: Path | str, how: str, checksums: bool
     return AssetStatus(name, needed_by, str(p.absolute()), present, how, checksum=digest, detail=size)
 
 
-def _folder(name: str, needed_by: str, path: Path | str, how: str) -> AssetStatus:
+def folder_status(name: str, needed_by: str, path: Path | str, how: str) -> AssetStatus:
     p = Path(path)
     present = p.is_dir()
     detail = f"{sum(1 for _ in p.iterdir())} entries" if present else "not found"
     return AssetStatus(name, needed_by, str(p.absolute()), present, how, detail=detail)
 
 
-def _package(name: str, needed_by: str, optional: bool = False) -> AssetStatus:
+def package_status(name: str, needed_by: str, optional: bool = False) -> AssetStatus:
     spec = importlib.util.find_spec(name)
     where = str(list(spec.submodule_search_locations or [spec.origin])[0]) if spec else "not importable"
     return AssetStatus(
@@ -132,7 +124,7 @@ def _package(name: str, needed_by: str, optional: bool = False) -> AssetStatus:
     )
 
 
-def _nltk(resource: str, label: str, needed_by: str, data_dirs: Sequence[str], how: str) -> AssetStatus:
+def nltk_status(resource: str, label: str, needed_by: str, data_dirs: Sequence[str], how: str) -> AssetStatus:
     if importlib.util.find_spec("nltk") is None:
         return AssetStatus(
             label, needed_by, "nltk not installed", False, PIP_HOW.format(name="nltk") + "; " + how
@@ -147,31 +139,31 @@ def _nltk(resource: str, label: str, needed_by: str, data_dirs: Sequence[str], h
     return AssetStatus(label, needed_by, where, found is not None, how)
 
 
-def _java(needed_by: str) -> AssetStatus:
+def java_status(needed_by: str) -> AssetStatus:
     java = shutil.which("java")
     return AssetStatus("Java runtime", needed_by, java or "not on PATH", java is not None, JAVA_HOW)
 
 
-def _coco_jars(needed_by: str) -> list[AssetStatus]:
+def coco_jars(needed_by: str) -> list[AssetStatus]:
     spec = importlib.util.find_spec("pycocoevalcap")
     if spec is None or not spec.submodule_search_locations:
-        return [_package("pycocoevalcap", needed_by)]
+        return [package_status("pycocoevalcap", needed_by)]
     root = Path(list(spec.submodule_search_locations)[0])
     how = "reinstall pycocoevalcap (pip install --force-reinstall pycocoevalcap)"
     return [
-        _file(
+        file_status(
             "Stanford CoreNLP 3.4.1 jar (PTBTokenizer)",
             needed_by,
             root / "tokenizer/stanford-corenlp-3.4.1.jar",
             how,
         ),
-        _file("METEOR 1.5 jar", needed_by, root / "meteor/meteor-1.5.jar", how),
-        _file("METEOR paraphrase table", needed_by, root / "meteor/data/paraphrase-en.gz", how),
+        file_status("METEOR 1.5 jar", needed_by, root / "meteor/meteor-1.5.jar", how),
+        file_status("METEOR paraphrase table", needed_by, root / "meteor/data/paraphrase-en.gz", how),
     ]
 
 
-def _spacy_model(model: str, needed_by: str, optional: bool) -> list[AssetStatus]:
-    out = [_package("spacy", needed_by, optional)]
+def spacy_model_status(model: str, needed_by: str, optional: bool) -> list[AssetStatus]:
+    out = [package_status("spacy", needed_by, optional)]
     spec = importlib.util.find_spec(model) if out[0].present else None
     where = str(spec.origin) if spec else "not importable (spaCy models install as packages)"
     out.append(
@@ -187,103 +179,31 @@ def _spacy_model(model: str, needed_by: str, optional: bool) -> list[AssetStatus
     return out
 
 
-def text_assets(
-    eval_spec: Any, needed_by: str, tokenize: bool, lemmatize: bool, tag: bool
-) -> list[AssetStatus]:
-    """NLTK package and data needed under the recipe's ``[eval.nltk]`` modes."""
+def text_assets(nltk: Any, needed_by: str, tokenize: bool, lemmatize: bool, tag: bool) -> list[AssetStatus]:
+    """NLTK package and data needed under the recipe's ``[score.nltk]`` modes (an ``NltkSpec``)."""
     from mcmdpo.metrics import nlp
 
-    cfg = eval_spec.nltk
-    text = nlp.TextConfig(tokenizer=cfg.tokenizer, tagger=cfg.tagger, data_dirs=tuple(cfg.data_dirs))
+    text = nltk
     labels = {
         nlp.PUNKT: (
             "NLTK punkt_tab (word_tokenize)",
-            NLTK_HOW + "; or set eval.nltk.tokenizer = 'treebank' (deviation)",
+            NLTK_HOW + "; or set score.nltk.tokenizer = 'treebank' (deviation)",
         ),
         nlp.WORDNET: ("NLTK WordNet", WORDNET_HOW),
         nlp.TAGGER: (
             "NLTK averaged_perceptron_tagger_eng",
-            NLTK_HOW + "; or set eval.nltk.tagger = 'wordnet' (deviation)",
+            NLTK_HOW + "; or set score.nltk.tagger = 'wordnet' (deviation)",
         ),
     }
-    out = [_package("nltk", needed_by)]
+    out = [package_status("nltk", needed_by)]
     for resource in nlp.required_resources(text, tokenize=tokenize, lemmatize=lemmatize, tag=tag):
         label, how = labels[resource]
-        out.append(_nltk(resource, label, needed_by, cfg.data_dirs, how))
+        out.append(nltk_status(resource, label, needed_by, nltk.data_dirs, how))
     return out
 
 
-def benchmark_assets(eval_spec: Any, name: str, checksums: bool = False) -> list[AssetStatus]:
-    """Resources of one benchmark of an ``EvalSpec``."""
-    section = getattr(eval_spec, name, None)
-    if name == "test":
-        return []
-    if name in ("talt", "palt"):
-        how = "the MCM-DPO alt-text release (upstream *_test.json files and their image folders)"
-        return [
-            _file(f"{name} test file", name, section.file, how, checksums),
-            _folder(f"{name} images", name, section.images, how),
-        ]
-    if name == "objhal":
-        return _objhal(eval_spec, section, checksums)
-    if name == "mmhal":
-        return _mmhal(eval_spec, section, checksums)
-    if name == "amber":
-        return _amber(eval_spec, section, checksums)
-    raise ValueError(f"unknown benchmark {name!r}")
-
-
-def _objhal(eval_spec: Any, section: Any, checksums: bool) -> list[AssetStatus]:
-    from mcmdpo.metrics.chair import COCO_FILES
-
-    out = [
-        _file("obj_halbench_300_with_image.jsonl", "objhal", section.file, RLAIFV_HOW, checksums),
-        _file("synonyms_refine.txt", "objhal", section.synonyms, RLAIFV_HOW, checksums),
-    ]
-    out += [
-        _file(f"COCO 2014 {f}", "objhal", Path(section.coco_dir) / f, COCO_HOW, checksums) for f in COCO_FILES
-    ]
-    out += text_assets(
-        eval_spec,
-        "objhal",
-        tokenize=True,
-        lemmatize=True,
-        tag=section.extractor == "llm" and not section.spacy_model,
-    )
-    if section.extractor == "llm":
-        out.append(_judge_key(eval_spec, "objhal (llm extractor)"))
-        if section.spacy_model:
-            out += _spacy_model(section.spacy_model, "objhal (llm extractor)", optional=False)
-    return out
-
-
-def _mmhal(eval_spec: Any, section: Any, checksums: bool) -> list[AssetStatus]:
-    out = [_file("MMHal-Bench template", "mmhal", section.file, MMHAL_HOW, checksums)]
-    if section.images:
-        out.append(_folder("MMHal-Bench images", "mmhal", section.images, MMHAL_HOW))
-    out.append(_judge_key(eval_spec, "mmhal"))
-    return out
-
-
-def _amber(eval_spec: Any, section: Any, checksums: bool) -> list[AssetStatus]:
-    from mcmdpo.metrics.amber import amber_files
-
-    out = [
-        _file(f"AMBER {p.name}", "amber", p, AMBER_HOW, checksums)
-        for p in amber_files(Path(section.data_dir)).values()
-    ]
-    out.append(_file("AMBER generative queries", "amber", section.query_file(), AMBER_HOW, checksums))
-    out.append(_folder("AMBER images", "amber", section.images, AMBER_HOW))
-    out += text_assets(eval_spec, "amber", tokenize=True, lemmatize=True, tag=True)
-    if section.similarity == "spacy":
-        out += _spacy_model(
-            section.spacy_model, "amber (similarity = 'spacy'; 'exact' needs none)", optional=False
-        )
-    return out
-
-
-def _judge_key(eval_spec: Any, needed_by: str) -> AssetStatus:
-    judge = eval_spec.judge
+def judge_key_status(judge: Any, needed_by: str) -> AssetStatus:
+    """The judge's API key variable is set (its value is never read into the report)."""
     env = judge.api_key_env if judge else "OPENAI_API_KEY"
     if not env:
         return AssetStatus("judge API key", needed_by, "api_key_env = '' (no auth)", True, "")
@@ -299,40 +219,26 @@ def _judge_key(eval_spec: Any, needed_by: str) -> AssetStatus:
     )
 
 
-def protocol_assets(eval_spec: Any) -> list[AssetStatus]:
-    """Resources of the alt-text protocols when an alt-text benchmark is evaluated."""
-    from mcmdpo.benchmarks import BENCHMARKS
-
-    if not any(BENCHMARKS[b].kind == "altext" for b in eval_spec.benchmarks):
-        return []
-    out: list[AssetStatus] = []
-    if "paper" in eval_spec.protocols:
-        out += text_assets(eval_spec, "alt-text protocol paper", tokenize=True, lemmatize=True, tag=False)
-        out.append(_package("rouge", "alt-text protocol paper"))
-        out.append(_package("pycocoevalcap", "alt-text protocol paper (CIDEr)"))
-    if "coco" in eval_spec.protocols:
-        out.append(_java("alt-text protocol coco"))
-        out += _coco_jars("alt-text protocol coco")
-    return out
-
-
 def check_eval(
-    eval_spec: Any, benchmarks: Iterable[str] | None = None, checksums: bool = False
+    eval_spec: Any, score_spec: Any, benchmarks: Iterable[str] | None = None, checksums: bool = False
 ) -> list[AssetStatus]:
-    """Every resource ``eval_spec`` needs (only for ``benchmarks`` when given); duplicates merged."""
+    """Every resource the ``[eval]`` benchmarks (all, or ``benchmarks``) need under ``[score]``'s settings."""
+    from mcmdpo.benchmarks import get_benchmark
+
     names = list(benchmarks) if benchmarks is not None else list(eval_spec.benchmarks)
     statuses: list[AssetStatus] = []
     for name in names:
-        statuses += benchmark_assets(eval_spec, name, checksums)
-    if any(n in ("test", "talt", "palt") for n in names):
-        statuses += protocol_assets(eval_spec)
+        section = getattr(eval_spec, name, None)
+        statuses += get_benchmark(name).assets(name, section, score_spec, checksums)
     return _unique(statuses)
 
 
 def check_recipe(recipe: Any, checksums: bool = False) -> list[AssetStatus]:
     """Every external resource the recipe's benchmarks need (empty without an ``[eval]`` section)."""
-    spec = recipe.stages.get("eval") if hasattr(recipe, "stages") else None
-    return check_eval(spec, checksums=checksums) if spec is not None else []
+    stages = getattr(recipe, "stages", {})
+    if "eval" not in stages:
+        return []
+    return check_eval(stages["eval"], stages["score"], checksums=checksums)
 
 
 def _unique(statuses: Sequence[AssetStatus]) -> list[AssetStatus]:
@@ -370,9 +276,11 @@ def format_assets(statuses: Sequence[AssetStatus]) -> str:
     return "\n".join(lines)
 
 
-def require_assets(eval_spec: Any, benchmarks: Iterable[str] | None = None) -> list[AssetStatus]:
+def require_assets(
+    eval_spec: Any, score_spec: Any, benchmarks: Iterable[str] | None = None
+) -> list[AssetStatus]:
     """Raise :class:`AssetsMissing` (with :func:`format_assets` of the missing ones) if any is missing."""
-    statuses = check_eval(eval_spec, benchmarks)
+    statuses = check_eval(eval_spec, score_spec, benchmarks)
     missing = [s for s in statuses if s.missing]
     if missing:
         raise AssetsMissing("evaluation resources are missing:\n" + format_assets(missing))
@@ -395,16 +303,13 @@ def install_wordnet(source: Path | str, nltk_data: Path | str) -> Path:
             f"{source}: not a complete WordNet 3.0 folder (missing {', '.join(missing)}); on Debian: "
             "apt-get install wordnet-base wordnet-sense-index (files in /usr/share/wordnet)"
         )
-    tmp = target.with_name(f".wordnet.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in (*WORDNET_FILES, "lexnames"):
-        if (source / name).is_file():
-            (tmp / name).write_bytes((source / name).read_bytes().replace(b"\r\n", b"\n"))
-    if not (tmp / "lexnames").is_file():
-        text = "".join(f"{i:02d}\t{name}\t{pos}\n" for i, (name, pos) in enumerate(LEXNAMES))
-        (tmp / "lexnames").write_text(text)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    from mcmdpo.resumable import atomic_dir
+
+    with atomic_dir(target) as tmp:
+        for name in (*WORDNET_FILES, "lexnames"):
+            if (source / name).is_file():
+                (tmp / name).write_bytes((source / name).read_bytes().replace(b"\r\n", b"\n"))
+        if not (tmp / "lexnames").is_file():
+            text = "".join(f"{i:02d}\t{name}\t{pos}\n" for i, (name, pos) in enumerate(LEXNAMES))
+            (tmp / "lexnames").write_text(text)
     return target

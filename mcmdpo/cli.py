@@ -11,9 +11,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True, highlight=False)  # errors: one line each, never wrapped
+OPTIONS = {"debug": False}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="show the traceback of an error")] = False,
+) -> None:
+    """Reproduce and extend MCM-DPO on SLURM clusters: recipes -> submitit jobs -> tables."""
+    OPTIONS["debug"] = debug
+
 
 RecipeArg = Annotated[Path, typer.Argument(help="recipe TOML file, e.g. recipes/demo.toml")]
 SetOpt = Annotated[list[str], typer.Option("--set", help="override before validation: dotted.key=value")]
@@ -51,12 +61,18 @@ def submit(
     recipe: RecipeArg,
     set_: SetOpt = None,  # type: ignore[assignment]
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, submit nothing")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as JSON")] = False,
 ) -> None:
     """Plan the recipe and submit every task that is not done yet (re-run it any time to resume)."""
     from mcmdpo.launch import submit as submit_plan
 
     loaded = _load(recipe, set_ or [])
+    if as_json and not dry_run:
+        raise typer.BadParameter("--json needs --dry-run")
     report = submit_plan(loaded, dry_run=dry_run, progress=lambda line: err.print(line, highlight=False))
+    if as_json:
+        sys.stdout.write(json.dumps(report.plan.to_json(), indent=2) + "\n")
+        return
     out.print(_plan_table(report))
     if dry_run:
         out.print(f"dry run: nothing submitted; run dir would be {report.plan.run_dir}")
@@ -165,7 +181,16 @@ def _status_table(result: dict) -> Table:
 
 
 def main() -> None:
-    app()
+    """The console script: user errors become one line on stderr (exit 2) unless ``--debug``."""
+    from mcmdpo.errors import McmdpoError
+
+    try:
+        app()
+    except McmdpoError as exc:
+        if OPTIONS["debug"]:
+            raise
+        err.print(f"error: {exc.one_line()}", markup=False, highlight=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

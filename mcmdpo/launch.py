@@ -116,7 +116,7 @@ def payload(plan: Plan, task: PlannedTask) -> TaskPayload:
         recipe=inst.recipe,
         seed=plan.seed,
         plugins=tuple(plan.plugins),
-        upstream=plan.upstream_tasks(inst),
+        upstream=task.inputs,
     )
 
 

@@ -24,45 +24,22 @@ metrics ``{term}/loss``, ``{term}/margin`` (``h_w - h_l``, without beta), ``{ter
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-CHOSEN = "mw_cw_yw"
-CONDITIONS: tuple[str, ...] = (
-    "mw_cw_yw",
-    "mw_cw_yl",
-    "ml_cw_yw",
-    "ml_cw_yl",
-    "mw_cl_yw",
-    "mw_cl_yl",
-    "ml_cl_yw",
-    "ml_cl_yl",
+from mcmdpo.conditions import (
+    ABLATIONS,
+    CHOSEN,
+    CONDITIONS,
+    DEFAULT_GROUP_WEIGHTS,
+    TERMS,
+    WEIGHT_GROUPS,
+    ablation_key,
 )
-# term -> rejected condition (the chosen one is always CHOSEN)
-TERMS: dict[str, str] = {
-    "rpo": "mw_cw_yl",
-    "vpo": "ml_cw_yw",
-    "cpo": "mw_cl_yw",
-    "vrpo": "ml_cw_yl",
-    "crpo": "mw_cl_yl",
-    "vcpo": "ml_cl_yw",
-    "mtppo": "ml_cl_yl",
-}
-WEIGHT_GROUPS: dict[str, tuple[str, ...]] = {
-    "lambda": ("rpo",),
-    "alpha": ("vpo", "cpo"),
-    "gamma": ("vrpo", "crpo", "vcpo", "mtppo"),
-}
-DEFAULT_GROUP_WEIGHTS = {"lambda": 1.0, "alpha": 0.5, "gamma": 0.2}
-# Paper Table 7 ablations; single term names are accepted in ``drop`` as well.
-ABLATIONS: dict[str, tuple[str, ...]] = {
-    "single": ("rpo", "vpo", "cpo"),
-    "pair": ("vrpo", "crpo", "vcpo"),
-    "multi": ("mtppo",),
-    "pair+cpo": ("vrpo", "crpo", "vcpo", "cpo"),
-}
+
 Form = Literal["paper", "upstream"]
 Conditions = Mapping[str, torch.Tensor]
 
@@ -131,9 +108,16 @@ def mcmdpo_loss(
     (``single``, ``pair``, ``multi``, ``pair+cpo``; paper Table 7) or term names. Terms with weight 0
     are inactive: their conditions are not needed.
     """
+    active = resolve_weights(weights, lambda_=lambda_, alpha=alpha, gamma=gamma, drop=drop)
+    return weighted_terms(policy, reference, active, beta=beta, form=form)
+
+
+def weighted_terms(
+    policy: Conditions, reference: Conditions, active: Mapping[str, float], *, beta: float, form: Form
+) -> LossResult:
+    """MCM-DPO with already resolved term weights (:func:`resolve_weights`); see :func:`mcmdpo_loss`."""
     if form not in ("paper", "upstream"):
         raise ValueError(f"form must be 'paper' or 'upstream' (got {form!r})")
-    active = resolve_weights(weights, lambda_=lambda_, alpha=alpha, gamma=gamma, drop=drop)
     h = log_ratios(policy, reference, [CHOSEN, *(TERMS[t] for t in active)], loss_name="mcmdpo_loss")
     metrics: dict[str, torch.Tensor] = {}
     term_losses = {}
@@ -188,7 +172,7 @@ def dropped_terms(drop: Iterable[str]) -> set[str]:
         drop = [drop]
     out: set[str] = set()
     for name in drop:
-        key = name.lower().replace(" ", "").replace("-", "")
+        key = ablation_key(name)
         if key in ABLATIONS:
             out.update(ABLATIONS[key])
         elif key in TERMS:
@@ -256,3 +240,55 @@ def _check_names(given: Mapping[str, float], valid: Mapping[str, str], what: str
     unknown = sorted(set(given) - set(valid))
     if unknown:
         raise ValueError(f"{what}: unknown term(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+
+
+@dataclass(frozen=True)
+class PreferenceLoss:
+    """The loss of a ``[preference.loss]`` section, resolved once (weights, needed conditions).
+
+    ``loss(policy, reference)`` dispatches to :func:`dpo_loss`, :func:`mdpo_loss` or, for MCM-DPO,
+    :func:`weighted_terms` with the weights resolved here (not per micro-batch).
+    """
+
+    kind: str
+    beta: float
+    form: Form = "paper"
+    weights: Mapping[str, float] = field(default_factory=dict)
+    mdpo: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> PreferenceLoss:
+        """From a ``LossSpec`` (:mod:`mcmdpo.train.spec`)."""
+        mdpo = {k: getattr(spec, k) for k in ("image_weight", "anchor_weight", "anchor_delta")}
+        if spec.kind != "mcmdpo":
+            return cls(spec.kind, spec.beta, mdpo=mdpo)
+        active = resolve_weights(
+            dict(spec.weights), lambda_=spec.lambda_, alpha=spec.alpha, gamma=spec.gamma, drop=spec.drop
+        )
+        return cls("mcmdpo", spec.beta, spec.form, active)
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The active terms (their rejected conditions are needed)."""
+        if self.kind == "dpo":
+            return ("rpo",)
+        return ("rpo", "vpo") if self.kind == "mdpo" else tuple(self.weights)
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """Conditions the loss reads (plus ``mw_cw_yl`` for the reported rejected reward), canonical order."""
+        names = {CHOSEN, TERMS["rpo"], *(TERMS[t] for t in self.terms)}
+        return tuple(c for c in CONDITIONS if c in names)
+
+    def __call__(self, policy: Conditions, reference: Conditions) -> LossResult:
+        if self.kind == "dpo":
+            return dpo_loss(policy, reference, beta=self.beta)
+        if self.kind == "mdpo":
+            return mdpo_loss(policy, reference, beta=self.beta, **self.mdpo)
+        return weighted_terms(policy, reference, self.weights, beta=self.beta, form=self.form)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The metric keys the loss reports (from a one-sample dry run)."""
+        zeros = {c: torch.zeros(1, dtype=torch.float64) for c in self.conditions}
+        return tuple(sorted(self(zeros, zeros).metrics))

@@ -33,7 +33,8 @@ box, angle, other sample) come from the numpy generator directly.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -150,3 +151,76 @@ def crop(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 def rotate(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Rotate without expanding the canvas; uncovered corners are black (PIL defaults)."""
     return image.rotate(rotation_degrees(rng))
+
+
+NOISE_KEY = (
+    "rng = numpy PCG64(SeedSequence([seed, *id_key, sha256(strategy)[:8], t or 0])); "
+    "eps = torch.randn(Generator().manual_seed(rng.integers(2**63 - 1)))"
+)
+"""How every draw of a sample's rejected image is keyed (written into the shard attributes)."""
+
+
+@dataclass(frozen=True)
+class RejectedImages:
+    """The rejected-image strategy of a recipe, built once: the one door into this module.
+
+    A sample's m_l is made in up to two parts. :meth:`image_level` works on the decoded PIL image
+    (``crop``, ``rotate``; the caller preprocesses the result) and :meth:`tensor_level` on the
+    preprocessed chosen tensor (``diffusion``, ``black``). ``random`` takes another record's image,
+    drawn with :meth:`other` (the caller decodes and preprocesses it).
+    """
+
+    strategy: str = "diffusion"
+    diffusion_step: int = 700
+    schedule: str = "upstream_sigmoid"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r} (valid: {', '.join(STRATEGIES)})")
+        betas(self.schedule)  # unknown schedules fail here, not on the first sample
+        step_index(self.diffusion_step)
+
+    @classmethod
+    def from_spec(cls, spec: Any, seed: int) -> RejectedImages:
+        """From a ``[precompute]`` spec (``strategy``, ``diffusion_step``, ``schedule``)."""
+        return cls(spec.strategy, spec.diffusion_step, spec.schedule, int(seed))
+
+    @property
+    def uses_other_record(self) -> bool:
+        return self.strategy == "random"
+
+    def rng(self, sample_id: int | str) -> np.random.Generator:
+        """The generator of every draw for one sample (see :func:`sample_rng`)."""
+        return sample_rng(self.seed, sample_id, self.strategy, self.diffusion_step)
+
+    def image_level(self, image: Image.Image, rng: np.random.Generator) -> Image.Image | None:
+        """The PIL-level m_l (``crop``, ``rotate``), or None for the other strategies."""
+        if self.strategy == "crop":
+            return crop(image, rng)
+        if self.strategy == "rotate":
+            return rotate(image, rng)
+        return None
+
+    def tensor_level(self, chosen: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        """The tensor-level m_l from the preprocessed chosen tensor, or None (image-level strategies)."""
+        if self.strategy == "diffusion":
+            return add_diffusion_noise(chosen, self.diffusion_step, rng, self.schedule)
+        if self.strategy == "black":
+            return np.zeros_like(chosen)
+        return None
+
+    def other(self, rng: np.random.Generator, position: int, n: int) -> int:
+        """``random``: another record's position (redraw with the same generator when it is unusable)."""
+        return other_index(rng, position, n)
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance attributes of the shards made with this strategy."""
+        return {
+            "strategy": self.strategy,
+            "schedule": self.schedule,
+            "diffusion_step": self.diffusion_step,
+            "step_index": step_index(self.diffusion_step),
+            "seed": self.seed,
+            "noise_key": NOISE_KEY,
+        }

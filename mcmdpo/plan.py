@@ -5,6 +5,13 @@ the run seed, the stage's code version and the instances it consumes. Sweep poin
 of these share the instance (a gamma sweep trains three policies on one SFT model). An instance
 expands into array tasks (its ``tasks()``), each with id = hash(instance id, task params): changing a
 stage's spec changes its ids and those of everything downstream, and never touches older results.
+
+Stages with a ``consumes`` filter or a ``key`` (``Stage.task_level``) hash per task instead: what
+decides the task's content (``key``), the ids of the upstream tasks it reads, the seed and its
+params. Instances of such a stage then share the tasks whose inputs agree: with a gamma sweep the
+base and SFT models are evaluated once, only the preference models once per point. Every task lists
+the upstream task ids it reads (``inputs``); a stage's ``tasks`` are the distinct tasks of all its
+instances.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ class PlannedTask:
     instance: str
     index: int
     params: dict[str, Any]
+    inputs: dict[str, list[str]] = field(default_factory=dict)
+    """Upstream stage -> the ids of the tasks this one reads, in their task order."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,9 @@ class PlannedStage:
 
     @property
     def tasks(self) -> list[PlannedTask]:
-        return [t for inst in self.instances for t in inst.tasks]
+        """The distinct tasks of every instance (a task shared by instances appears once)."""
+        unique = {t.task_id: t for inst in self.instances for t in inst.tasks}
+        return list(unique.values())
 
 
 @dataclass(frozen=True)
@@ -78,9 +89,13 @@ class Plan:
     def instance(self, stage: str, instance_id: str) -> PlannedInstance:
         return next(i for i in self.stage(stage).instances if i.instance_id == instance_id)
 
-    def upstream_tasks(self, inst: PlannedInstance) -> dict[str, list[str]]:
-        """For each consumed stage, the task ids of the instance this one reads, in task order."""
-        return {s: [t.task_id for t in self.instance(s, iid).tasks] for s, iid in inst.upstream.items()}
+    def task_points(self, stage: str, task_id: str) -> list[dict[str, Any]]:
+        """The sweep points served by a task (all points of every instance that lists it)."""
+        points: list[dict[str, Any]] = []
+        for inst in self.stage(stage).instances:
+            if any(t.task_id == task_id for t in inst.tasks):
+                points += [p for p in inst.points if p not in points]
+        return points
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -139,15 +154,16 @@ def build_plan(recipe: Recipe) -> Plan:
         for n in names
     }
     for variant in variants:
-        chosen: dict[str, str] = {}
+        chosen: dict[str, PlannedInstance] = {}
         for name in names:
-            inst = _instance(registry[name], variant, {d: chosen[d] for d in stages[name].after})
+            upstream = {d: chosen[d] for d in stages[name].after}
+            inst = _instance(registry[name], variant, upstream, stages[name])
             known = next((i for i in stages[name].instances if i.instance_id == inst.instance_id), None)
             if known is None:
                 stages[name].instances.append(inst)
             elif variant.point not in known.points:
                 known.points.append(variant.point)
-            chosen[name] = inst.instance_id
+            chosen[name] = known or inst
     return Plan(
         run_name=recipe.run.name,
         run_dir=recipe.run_dir,
@@ -158,7 +174,9 @@ def build_plan(recipe: Recipe) -> Plan:
     )
 
 
-def _instance(stage: Stage, variant: Recipe, upstream: dict[str, str]) -> PlannedInstance:
+def _instance(
+    stage: Stage, variant: Recipe, upstream: dict[str, PlannedInstance], planned: PlannedStage
+) -> PlannedInstance:
     doc = variant.doc
     key = {
         "stage": stage.name,
@@ -166,19 +184,51 @@ def _instance(stage: Stage, variant: Recipe, upstream: dict[str, str]) -> Planne
         "spec": doc[stage.name],
         "reads": {r: doc.get(r) for r in stage.reads},
         "seed": variant.run.seed,
-        "upstream": upstream,
+        "upstream": {s: inst.instance_id for s, inst in upstream.items()},
     }
     instance_id = content_hash(key)
-    params = stage.tasks(variant.stages[stage.name], doc)
-    tasks = [
-        PlannedTask(stage.name, content_hash({"instance": instance_id, "params": p}), instance_id, i, p)
-        for i, p in enumerate(params)
-    ]
+    known = {t.task_id: t for t in planned.tasks}
+    tasks = []
+    for index, params in enumerate(stage.tasks(variant.stages[stage.name], doc)):
+        inputs = _inputs(stage, params, upstream)
+        if stage.task_level:
+            task_id = content_hash(_task_key(stage, variant, params, inputs))
+        else:
+            task_id = content_hash({"instance": instance_id, "params": params})
+        tasks.append(
+            known.get(task_id) or PlannedTask(stage.name, task_id, instance_id, index, params, inputs)
+        )
     if len({t.task_id for t in tasks}) != len(tasks):
         raise ValueError(f"stage {stage.name}: tasks() returned repeated params")
     return PlannedInstance(
-        stage.name, instance_id, doc[stage.name], dict(doc), upstream, [variant.point], tasks
+        stage.name, instance_id, doc[stage.name], dict(doc), key["upstream"], [variant.point], tasks
     )
+
+
+def _inputs(
+    stage: Stage, params: dict[str, Any], upstream: dict[str, PlannedInstance]
+) -> dict[str, list[str]]:
+    """The upstream task ids one task reads (all of its instance's upstream, or the ``consumes`` ones)."""
+    pick = stage.consumes or (lambda _params, _stage, _upstream: True)
+    inputs = {s: [t.task_id for t in inst.tasks if pick(params, s, t.params)] for s, inst in upstream.items()}
+    return {s: ids for s, ids in inputs.items() if ids or stage.consumes is None}
+
+
+def _task_key(stage: Stage, variant: Recipe, params: dict[str, Any], inputs: dict[str, list[str]]) -> Any:
+    doc = variant.doc
+    content = (
+        stage.key(variant.stages[stage.name], params, doc)
+        if stage.key is not None
+        else {"spec": doc[stage.name], "reads": {r: doc.get(r) for r in stage.reads}}
+    )
+    return {
+        "stage": stage.name,
+        "version": stage.version,
+        "key": content,
+        "seed": variant.run.seed,
+        "inputs": inputs,
+        "params": params,
+    }
 
 
 def _resources(recipe: Recipe, stage: str, kind: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ inside the signal handler itself.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import platform
@@ -20,14 +19,13 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import submitit
 
 from mcmdpo import __version__
-from mcmdpo.artifacts import append_event, read_done, read_events, write_done
+from mcmdpo.artifacts import append_event, package_versions, read_done, read_events, write_done
 from mcmdpo.paths import RunPaths
 from mcmdpo.stage import (
     STOP,
@@ -79,6 +77,7 @@ class TaskRunner(submitit.helpers.Checkpointable):
         ctx = _context(payload, paths, stage.spec.model_validate(payload.spec), env)
         previous = install_stop_handler() if stage.checkpointable else None
         events = paths.events(payload.stage, payload.task_id)
+        ctx.attempt = sum(e["event"] == "start" for e in read_events(events))
         if env["rank"] == 0:
             append_event(events, "start", **env)
         started = time.time()
@@ -199,11 +198,11 @@ def _manifest(
 
 
 def _versions() -> dict[str, str]:
-    out = {"mcmdpo": __version__, "python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[name] = metadata.version(name)
-    return out
+    return {
+        "mcmdpo": __version__,
+        "python": platform.python_version(),
+        **package_versions(VERSIONED_PACKAGES),
+    }
 
 
 def _setup_logging(payload: TaskPayload, rank: int) -> None:

@@ -19,16 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from mcmdpo.spec import Spec
 
 TaskParams = dict[str, Any]
 """JSON-serialisable parameters of one array task (e.g. ``{"shard": 3, "num_shards": 8}``)."""
 
 
-class StageSpec(BaseModel):
+class StageSpec(Spec):
     """Base class of every stage's recipe section: frozen, unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def single_task(spec: StageSpec, recipe: Mapping[str, Any]) -> list[TaskParams]:
@@ -52,6 +50,12 @@ class Stage:
     version: bump when the stage's code changes its outputs: new task ids, nothing reused.
     implied_by: sections that bring this stage along with its default spec when the recipe has
              no section of its own (e.g. scoring runs wherever evaluation does).
+    consumes: ``consumes(params, upstream_stage, upstream_params) -> bool``: which tasks of the
+             consumed instances one task reads (default: all). With it (or ``key``), a task's id
+             hashes the ids of the tasks it reads instead of its instance's, so sweep points that
+             share those inputs share the task (the base model is evaluated once per sweep).
+    key:     ``key(spec, params, doc) -> JSON``: what decides one task's content (default: its
+             section and the sections it reads). Keep it to what the run function uses.
     """
 
     name: str
@@ -64,6 +68,13 @@ class Stage:
     kind: str = "cpu"
     version: int = 1
     implied_by: tuple[str, ...] = ()
+    consumes: Callable[[TaskParams, str, TaskParams], bool] | None = None
+    key: Callable[[Any, TaskParams, Mapping[str, Any]], Any] | None = None
+
+    @property
+    def task_level(self) -> bool:
+        """True when task ids are computed per task (``consumes`` or ``key``)."""
+        return self.consumes is not None or self.key is not None
 
 
 _REGISTRY: dict[str, Stage] = {}
@@ -151,6 +162,8 @@ class TaskContext:
     local_rank: int = 0
     world_size: int = 1
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("mcmdpo.task"))
+    attempt: int = 0
+    """0 on the first start of this task, n after n earlier starts (requeues, re-submits)."""
     summary: dict[str, Any] = field(default_factory=dict)
     """Small JSON facts for the DONE manifest; numbers are summed per stage by `mcmdpo status`."""
 

@@ -95,11 +95,6 @@ def test_check_recipe_lists_every_resource_and_how_to_get_it(tmp_path, nltk_data
     body = f"""
     [eval]
     benchmarks = ["test", "talt", "objhal", "mmhal", "amber"]
-    protocols = ["paper", "coco"]
-    [eval.nltk]
-    data_dirs = ["{nltk_data}"]
-    tokenizer = "treebank"
-    tagger = "wordnet"
     [eval.talt]
     file = "{talt}"
     images = "{tmp_path / "timg"}"
@@ -113,8 +108,15 @@ def test_check_recipe_lists_every_resource_and_how_to_get_it(tmp_path, nltk_data
     [eval.amber]
     data_dir = "{tmp_path / "amber"}"
     images = "{tmp_path / "aimg"}"
+    [score]
+    protocols = ["paper", "coco"]
+    [score.nltk]
+    data_dirs = ["{nltk_data}"]
+    tokenizer = "treebank"
+    tagger = "wordnet"
+    [score.amber]
     similarity = "exact"
-    [eval.judge]
+    [score.judge]
     base_url = "http://127.0.0.1:9/v1"
     api_key_env = "MCMDPO_TEST_ASSETS_KEY"
     """
@@ -140,9 +142,9 @@ def test_check_recipe_lists_every_resource_and_how_to_get_it(tmp_path, nltk_data
     assert "[MISSING] COCO 2014 captions_val2014.json" in text and "obtain: wget" in text
     assert "[ok] talt test file" in text and f"{sum(s.missing for s in statuses)} missing" in text
     with pytest.raises(AssetsMissing) as err:
-        require_assets(recipe.stages["eval"])
+        require_assets(recipe.stages["eval"], recipe.stages["score"])
     assert "COCO 2014 captions_val2014.json" in str(err.value) and "[ok]" not in str(err.value)
-    assert require_assets(recipe.stages["eval"], ["talt"])  # only talt: everything present
+    assert require_assets(recipe.stages["eval"], recipe.stages["score"], ["talt"])  # talt: all present
 
 
 def test_missing_nltk_data_names_the_downloader_and_the_fallback(tmp_path):
@@ -152,6 +154,7 @@ def test_missing_nltk_data_names_the_downloader_and_the_fallback(tmp_path):
         pytest.skip("punkt_tab is installed here: the missing-data message cannot be shown")
     body = """
     [eval]
+    [score]
     protocols = ["paper"]
     """
     statuses = check_recipe(load_recipe(_recipe(tmp_path, body)))
@@ -171,11 +174,11 @@ def test_spacy_model_is_listed_for_amber_similarity(tmp_path, nltk_data):
     body = f"""
     [eval]
     benchmarks = ["amber"]
-    [eval.nltk]
-    data_dirs = ["{nltk_data}"]
     [eval.amber]
     data_dir = "{tmp_path}"
     images = "{tmp_path}"
+    [score.nltk]
+    data_dirs = ["{nltk_data}"]
     """
     statuses = check_recipe(load_recipe(_recipe(tmp_path, body)))
     model = next(s for s in statuses if s.name == "spaCy model en_core_web_lg")

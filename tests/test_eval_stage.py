@@ -15,18 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcmdpo.benchmarks import Item, read_items
+from mcmdpo.benchmarks import Item, read_items, shard_items
+from mcmdpo.generate import GenerationConfig, load_generator
 from mcmdpo.launch import submit
 from mcmdpo.recipe import load_recipe
 from mcmdpo.stage import TaskContext, TaskInput
-from mcmdpo.stages.eval import (
-    EvalSpec,
-    GenerationConfig,
-    eval_tasks,
-    load_generator,
-    run_eval,
-    shard_items,
-)
+from mcmdpo.stages.eval import EvalSpec, eval_tasks, run_eval
+from mcmdpo.stages.score import ScoreSpec, score_tasks
 from tests.test_assets import nltk_data  # noqa: F401 - session fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +98,7 @@ def test_tasks_fan_out_over_models_benchmarks_shards(tmp_path):
         "num_shards": 2,
     }
     assert [t["model"] for t in tasks[::2]] == ["base", "sft", "preference"]
-    with pytest.raises(ValueError, match=r"eval.models lists \['sft'\] but the recipe has no \[sft\]"):
+    with pytest.raises(ValueError, match=r"eval.models: lists \['sft'\] but the recipe has no \[sft\]"):
         eval_tasks(EvalSpec(models=("sft",)), {"data": {}, "model": {}})
     with pytest.raises(ValueError, match="benchmark 'test' reads the \\[data\\] stage"):
         eval_tasks(EvalSpec(), {"model": {}})
@@ -111,8 +106,13 @@ def test_tasks_fan_out_over_models_benchmarks_shards(tmp_path):
         EvalSpec(benchmarks=("objhal",))
     with pytest.raises(ValueError, match="unknown benchmark"):
         EvalSpec(benchmarks=("pope",))
-    with pytest.raises(ValueError, match="need \\[eval.judge\\]"):
-        EvalSpec(benchmarks=("mmhal",), mmhal={"file": "x.json"})
+    with pytest.raises(ValueError, match=r"protocols, nltk moved to the \[score\] section"):
+        EvalSpec(protocols=["paper"], nltk={})
+    mmhal = EvalSpec(benchmarks=("mmhal",), mmhal={"file": "x.json"}).model_dump(mode="json")
+    with pytest.raises(ValueError, match=r"mmhal need\(s\) an LLM judge: add \[score.judge\]"):
+        score_tasks(ScoreSpec(), {"eval": mmhal, "model": {}})
+    judged = ScoreSpec(judge={"base_url": "http://127.0.0.1:1/v1"})
+    assert score_tasks(judged, {"eval": mmhal, "model": {}}) == [{"model": "base", "benchmark": "mmhal"}]
 
 
 # ---------------------------------------------------------------- resume after SIGKILL
@@ -121,8 +121,8 @@ def test_tasks_fan_out_over_models_benchmarks_shards(tmp_path):
 def make_context(
     root: Path, model_task: Path, source: dict[str, str], data_dir: str, **spec: Any
 ) -> TaskContext:
-    settings = {"benchmarks": ["talt"], "talt": source, "protocols": ["paper"],
-                "nltk": {"tokenizer": "treebank", "data_dirs": [data_dir]}, **spec}  # fmt: skip
+    settings = EvalSpec.model_validate({"benchmarks": ["talt"], "talt": source, **spec})
+    scoring = {"protocols": ["paper"], "nltk": {"tokenizer": "treebank", "data_dirs": [data_dir]}}
     out = root / "eval" / "task"
     (out / ".work").mkdir(parents=True, exist_ok=True)
     return TaskContext(
@@ -130,8 +130,8 @@ def make_context(
         task_id="task",
         index=0,
         params={"model": "base", "benchmark": "talt", "shard": 0, "num_shards": 1},
-        spec=EvalSpec.model_validate(settings),
-        recipe={},
+        spec=settings,
+        recipe={"eval": settings.model_dump(mode="json"), "score": scoring},
         seed=0,
         run_dir=root,
         out_dir=out,
@@ -158,11 +158,12 @@ def test_resume_after_sigkill_mid_shard(tiny_model, tmp_path, nltk_data):  # noq
         "spec": spec,
     }
     code = f"from tests.test_eval_stage import child_main; child_main({json.dumps(json.dumps(args))})"
-    ledger = tmp_path / "killed" / "eval" / "task" / ".work" / "predictions.jsonl"
+    work = tmp_path / "killed" / "eval" / "task" / ".work"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if ledger.is_file() and ledger.read_text().count("\n") >= 2:
+        ledger = next(work.glob("predictions.*.jsonl"), None)
+        if ledger is not None and ledger.read_text().count("\n") >= 2:
             os.kill(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.01)
@@ -206,15 +207,16 @@ benchmarks = ["test"]
 shards = 2
 batch_size = 2
 max_new_tokens = 8
+[score]
 protocols = ["paper"]
-[eval.nltk]
+[score.nltk]
 tokenizer = "treebank"
 tagger = "{tagger}"
 data_dirs = ["{nltk}"]
 """
 
 
-def test_pipeline_writes_metrics_and_reuses_generations(tmp_path, nltk_data):  # noqa: F811
+def test_pipeline_writes_metrics_and_rescoring_keeps_generations(tmp_path, nltk_data):  # noqa: F811
     path = tmp_path / "r.toml"
     path.write_text(RECIPE.format(runs=tmp_path / "runs", nltk=nltk_data, tagger="perceptron"))
     recipe = load_recipe(path)
@@ -238,14 +240,15 @@ def test_pipeline_writes_metrics_and_reuses_generations(tmp_path, nltk_data):  #
     done = json.loads((folder / "DONE").read_text())
     assert "metrics/base/test.json" in done["outputs"] and "predictions/base/test.jsonl" in done["outputs"]
 
-    # A scoring-only change makes new eval tasks, which copy the predictions instead of generating.
+    # A scoring-only change keeps every eval task (same ids, nothing generated) and re-scores.
     path.write_text(RECIPE.format(runs=tmp_path / "runs", nltk=nltk_data, tagger="wordnet"))
     again = submit(load_recipe(path))
-    assert again.ok and again.stages[2].submitted == 2
-    for task in again.plan.stage("eval").tasks:
-        manifest = json.loads((recipe.run_dir / "eval" / task.task_id / "DONE").read_text())
-        assert manifest["summary"]["reused_from"] in {t.task_id for t in report.plan.stage("eval").tasks}
+    assert again.ok and again.stages[2].submitted == 0 and again.stages[3].submitted == 1
+    assert [t.task_id for t in again.plan.stage("eval").tasks] == [
+        t.task_id for t in report.plan.stage("eval").tasks
+    ]
     (score2,) = again.plan.stage("score").tasks
+    assert score2.task_id != score_task.task_id
     metrics2 = json.loads(
         (recipe.run_dir / "score" / score2.task_id / "metrics" / "base" / "test.json").read_text()
     )
@@ -301,10 +304,6 @@ def test_pipeline_hallucination_benchmarks(tmp_path, nltk_data, monkeypatch):  #
         benchmarks = ["objhal", "mmhal", "amber"]
         max_new_tokens = 6
         batch_size = 4
-        [eval.nltk]
-        tokenizer = "treebank"
-        tagger = "wordnet"
-        data_dirs = ["{nltk_data}"]
         [eval.objhal]
         file = "{tmp_path / "obj.jsonl"}"
         coco_dir = "{tmp_path / "coco"}"
@@ -315,8 +314,13 @@ def test_pipeline_hallucination_benchmarks(tmp_path, nltk_data, monkeypatch):  #
         [eval.amber]
         data_dir = "{amber}"
         images = "{tmp_path / "amber_images"}"
+        [score.nltk]
+        tokenizer = "treebank"
+        tagger = "wordnet"
+        data_dirs = ["{nltk_data}"]
+        [score.amber]
         similarity = "exact"
-        [eval.judge]
+        [score.judge]
         base_url = "{server.url}"
         model = "judge-x"
         api_key_env = "MCMDPO_TEST_JUDGE_KEY"

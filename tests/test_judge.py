@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from mcmdpo.metrics import mmhal
-from mcmdpo.metrics.judge import JudgeClient, JudgeConfig, JudgeError
+from mcmdpo.metrics.judge import JudgeClient, JudgeError, JudgeSpec
 
 Reply = tuple[int, dict[str, str], Any, float]  # status, headers, JSON body (or raw bytes), delay s
 
@@ -92,7 +92,7 @@ class JudgeServer:
 
 def client(url: str, cache: Path | None, **kw: Any) -> JudgeClient:
     defaults = {"api_key_env": "MCMDPO_TEST_JUDGE_KEY", "backoff_s": 0.01, "timeout_s": 5.0}
-    return JudgeClient(JudgeConfig(base_url=url, model="judge-x", cache_dir=cache, **{**defaults, **kw}))
+    return JudgeClient(JudgeSpec(base_url=url, model="judge-x", **{**defaults, **kw}), cache_dir=cache)
 
 
 @pytest.fixture(autouse=True)

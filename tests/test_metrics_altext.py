@@ -31,8 +31,8 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def treebank(data_dir: str) -> nlp.TextConfig:
-    return nlp.TextConfig(tokenizer="treebank", data_dirs=(data_dir,))
+def treebank(data_dir: str) -> nlp.NltkSpec:
+    return nlp.NltkSpec(tokenizer="treebank", data_dirs=(data_dir,))
 
 
 def hand_values() -> dict[str, list[float]]:
@@ -71,7 +71,7 @@ def test_paper_protocol_matches_hand_computed_values(tmp_path, nltk_data):  # no
         assert paper[key] == round(mean, 5) * 100, key  # upstream: round(mean, 5) * 100
         assert paper["unrounded"][key] == pytest.approx(mean * 100, abs=1e-9)
     assert paper["edit_distance"] == round(7 / 3, 3) and paper["num_samples"] == 3
-    assert doc["deviations"] == [nlp.TextConfig(tokenizer="treebank").deviations()[0]]
+    assert doc["deviations"] == [nlp.NltkSpec(tokenizer="treebank").deviations()[0]]
     assert json.loads((tmp_path / "m.json").read_text()) == doc
     assert doc["versions"]["nltk"] and doc["samples"] == "m.samples.jsonl"
 
@@ -88,12 +88,12 @@ def test_rouge_package_errors_count_as_zero_like_upstream(tmp_path, nltk_data): 
 
 def test_treebank_mode_differs_only_at_sentence_ends(nltk_data):  # noqa: F811
     text = "A dog runs. The cat sleeps."
-    assert nlp.word_tokenize(text, nlp.TextConfig(tokenizer="treebank")) == [
+    assert nlp.word_tokenize(text, nlp.NltkSpec(tokenizer="treebank")) == [
         "A", "dog", "runs.", "The", "cat", "sleeps", "."
     ]  # fmt: skip
     if nlp.find_resource(nlp.PUNKT) is None:
         pytest.skip("punkt_tab not installed: the punkt tokenizer path cannot run here")
-    assert nlp.word_tokenize(text, nlp.TextConfig()) == ["A", "dog", "runs", ".", "The", "cat", "sleeps", "."]
+    assert nlp.word_tokenize(text, nlp.NltkSpec()) == ["A", "dog", "runs", ".", "The", "cat", "sleeps", "."]
 
 
 def test_paper_protocol_with_real_punkt(tmp_path, nltk_data):  # noqa: F811
@@ -101,7 +101,7 @@ def test_paper_protocol_with_real_punkt(tmp_path, nltk_data):  # noqa: F811
     if nlp.find_resource(nlp.PUNKT) is None:
         pytest.skip("NLTK punkt_tab is not installed (python -m nltk.downloader punkt_tab)")
     pred = write_jsonl(tmp_path / "pred.jsonl", RECORDS)
-    doc = altext.score_file(pred, "paper", tmp_path / "m.json", nlp.TextConfig(data_dirs=(nltk_data,)))
+    doc = altext.score_file(pred, "paper", tmp_path / "m.json", nlp.NltkSpec(data_dirs=(nltk_data,)))
     assert doc["deviations"] == []
     assert doc["metrics"]["paper"]["bleu_4"] == round(sum(hand_values()["bleu_4"]) / 3, 5) * 100
 
@@ -111,7 +111,7 @@ def test_missing_punkt_is_a_clear_error(tmp_path, nltk_data):  # noqa: F811
         pytest.skip("punkt_tab is installed here")
     pred = write_jsonl(tmp_path / "pred.jsonl", RECORDS)
     with pytest.raises(nlp.MissingResource, match="punkt_tab.*python -m nltk.downloader"):
-        altext.score_file(pred, "paper", tmp_path / "m.json", nlp.TextConfig(data_dirs=(nltk_data,)))
+        altext.score_file(pred, "paper", tmp_path / "m.json", nlp.NltkSpec(data_dirs=(nltk_data,)))
     assert not (tmp_path / "m.json").exists()
 
 

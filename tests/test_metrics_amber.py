@@ -54,8 +54,8 @@ def amber_dir(tmp_path: Path) -> Path:
     return data
 
 
-def text_config(data_dir: str) -> nlp.TextConfig:
-    return nlp.TextConfig(tokenizer="treebank", tagger="wordnet", data_dirs=(data_dir,))
+def text_config(data_dir: str) -> nlp.NltkSpec:
+    return nlp.NltkSpec(tokenizer="treebank", tagger="wordnet", data_dirs=(data_dir,))
 
 
 def test_amber_matches_hand_computed_values(amber_dir, nltk_data):  # noqa: F811

@@ -97,8 +97,8 @@ def predictions(objhal: dict[str, Path]) -> list[dict[str, Any]]:
     ]
 
 
-def text_config(data_dir: str) -> nlp.TextConfig:
-    return nlp.TextConfig(tokenizer="treebank", tagger="wordnet", data_dirs=(data_dir,))
+def text_config(data_dir: str) -> nlp.NltkSpec:
+    return nlp.NltkSpec(tokenizer="treebank", tagger="wordnet", data_dirs=(data_dir,))
 
 
 def check_hand_values(metrics: dict[str, Any]) -> None:

@@ -7,18 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from mcmdpo.handoff import MODEL_MANIFEST as MANIFEST
+from mcmdpo.handoff import model_dir, model_fingerprint, upstream_model
 from mcmdpo.launch import submit
 from mcmdpo.recipe import RecipeError, load_recipe
 from mcmdpo.stage import TaskContext, TaskInput
 from mcmdpo.stages.data import DataSpec, run_data
-from mcmdpo.stages.model import (
-    MANIFEST,
-    ModelSpec,
-    model_dir,
-    model_fingerprint,
-    run_model,
-    upstream_model,
-)
+from mcmdpo.stages.model import ModelSpec, run_model
 
 RECIPE = """
 [run]

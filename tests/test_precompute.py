@@ -28,9 +28,10 @@ from mcmdpo.artifacts import file_hash
 from mcmdpo.data.images import CLIP_MEAN, CLIP_STD, ImagePreprocessor, load_processor
 from mcmdpo.data.records import BadRecord
 from mcmdpo.data.shards import PreferenceShards, ShardReader, shard_content_hash
+from mcmdpo.resumable import PAUSE_ENV as SLOW_ENV
 from mcmdpo.stage import TaskContext, TaskInput
 from mcmdpo.stages.data import DataSpec, run_data
-from mcmdpo.stages.precompute import SLOW_ENV, PrecomputeSpec, precompute_tasks, run_precompute
+from mcmdpo.stages.precompute import PrecomputeSpec, precompute_tasks, run_precompute
 from tests.test_records import upstream_draw
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,33 +22,34 @@ import pytest
 import torch
 
 from mcmdpo.artifacts import file_hash
+from mcmdpo.data.reference_logprobs import OUTPUT, ReferenceLogprobs
 from mcmdpo.data.shards import PreferenceShards
+from mcmdpo.handoff import model_dir, model_fingerprint, split_source
 from mcmdpo.launch import submit
-from mcmdpo.logprobs import build_preference_tokens, naive_logprobs
+from mcmdpo.logprobs import build_preference_tokens, naive_logprobs, sequence_logprobs
 from mcmdpo.losses import CONDITIONS
 from mcmdpo.model import load_llava
 from mcmdpo.model.images import crop_side
 from mcmdpo.plan import build_plan
 from mcmdpo.recipe import RecipeError, load_recipe
+from mcmdpo.resumable import PAUSE_ENV as SLOW_ENV
+from mcmdpo.resumable import BatchLedger
+from mcmdpo.samples import SampleSource
 from mcmdpo.stage import STOP, Interrupted, TaskContext, TaskInput
 from mcmdpo.stages.data import DataSpec, run_data
-from mcmdpo.stages.model import ModelSpec, model_dir, model_fingerprint, run_model
+from mcmdpo.stages.model import ModelSpec, run_model
 from mcmdpo.stages.precompute import PrecomputeSpec, run_precompute
-from mcmdpo.stages.reference import (
-    ALL_CONDITIONS,
-    OUTPUT,
-    PROGRESS,
-    SLOW_ENV,
-    ReferenceLogprobs,
-    ReferenceSpec,
-    reference_tasks,
-    run_reference,
-)
+from mcmdpo.stages.reference import ReferenceSpec, reference_tasks, run_reference
 from tests.conftest import REPO
 
 TOL = 1e-5
 NUM_TRAIN = 6
-SPEC = {"batch_size": 2, "save_every": 1}
+SPEC = {"batch_size": 2}
+
+
+def ledger_of(work_dir: Path) -> Path | None:
+    """The reference task's batch ledger (named after its key), if it exists."""
+    return next(Path(work_dir).glob("logprobs.*.jsonl"), None)
 
 
 def context(
@@ -181,7 +182,7 @@ def test_file_layout_and_provenance(pipeline, stored):
         )
         assert attrs["precompute_shard_sha256"] == file_hash(h5) and attrs["shard"] == k
         assert attrs["conditions"] == list(CONDITIONS) and attrs["device"] == "cpu"
-        assert not (task.dir / ".work" / PROGRESS).exists()
+        assert ledger_of(task.dir / ".work") is None  # the finished file holds its rows
 
 
 def test_subset_of_conditions_with_the_naive_engine(pipeline, stored, tmp_path):
@@ -200,8 +201,6 @@ def test_subset_of_conditions_with_the_naive_engine(pipeline, stored, tmp_path):
 def test_anyres_shards(pipeline, tmp_path):
     """anyres: tiles and the original image size reach the model (placeholder counts as for the image)."""
     from PIL import Image
-
-    from mcmdpo.stages.data import split_source
 
     upstream = {"data": [pipeline["data"]], "model": [pipeline["model"]]}
     pre_ctx = context(
@@ -229,6 +228,59 @@ def test_anyres_shards(pipeline, tmp_path):
     )
 
 
+def policy_logprobs(
+    model_folder: Path, shards: PreferenceShards, table: ReferenceLogprobs, mode: str, batch: int
+) -> dict[str, torch.Tensor]:
+    """What the preference objective computes for the policy before its first update (same batches)."""
+    from mcmdpo.losses import PreferenceLoss
+    from mcmdpo.train.loop import load_policy
+    from mcmdpo.train.objectives import OfflineReference, PreferenceObjective
+    from mcmdpo.train.spec import LossSpec, PreferenceSpec
+
+    policy = load_policy(model_folder, PreferenceSpec(precision="fp32", gradient_checkpointing=False), mode)
+    source = SampleSource(shards, policy.processor, mode)
+    loss = PreferenceLoss.from_spec(LossSpec())
+    objective = PreferenceObjective(source, loss, OfflineReference(table, loss.conditions), "shared", 4096)
+    ends = [int(e) for e in shards.offsets[1:]]  # the reference batches never cross a shard boundary
+    rows = [range(s, min(s + batch, end)) for start, end in zip([0, *ends], ends, strict=False)
+            for s in range(start, end, batch)]  # fmt: skip
+    out: dict[str, list[torch.Tensor]] = {c: [] for c in loss.conditions}
+    for r in rows:
+        tokens = objective.load(list(r)).tokens
+        values = sequence_logprobs(
+            policy.model, tokens, engine="shared", mode=mode, conditions=loss.conditions
+        )
+        for c in loss.conditions:
+            out[c].append(values[c].detach())
+    return {c: torch.cat(v) for c, v in out.items()}
+
+
+@pytest.mark.parametrize("mode", ["pad", "anyres"])
+def test_stored_reference_equals_the_policy_bit_for_bit(pipeline, stored, tmp_path, mode):
+    """The reference stage and the training objective build the same sequences (one code path)."""
+    precompute, reference = pipeline["precompute"], pipeline["reference"]
+    if mode == "anyres":
+        upstream = {"data": [pipeline["data"]], "model": [pipeline["model"]]}
+        spec = PrecomputeSpec(mode="anyres", num_shards=2)
+        precompute = [
+            run(context(tmp_path, "precompute", f"a{k}", spec, upstream, shard_params(k)), run_precompute)
+            for k in range(2)
+        ]
+        inputs = {"precompute": precompute, "model": [pipeline["model"]]}
+        reference = [
+            run(
+                context(tmp_path, "reference", f"a{k}", ReferenceSpec(**SPEC), inputs, shard_params(k)),
+                run_reference,
+            )
+            for k in range(2)
+        ]
+    table = ReferenceLogprobs.from_inputs(reference)
+    shards = PreferenceShards.from_inputs(precompute)
+    policy = policy_logprobs(model_dir(pipeline["model"]), shards, table, mode, SPEC["batch_size"])
+    for name in CONDITIONS:
+        assert torch.equal(policy[name], table.as_tensors()[name]), name
+
+
 # ---------------------------------------------------------------- resume
 
 
@@ -243,8 +295,8 @@ def test_checkpoint_request_saves_progress_and_the_restart_resumes(pipeline, sto
     finally:
         STOP.clear()
     assert not (ctx.out_dir / OUTPUT).exists()
-    with np.load(ctx.work_dir / PROGRESS) as saved:
-        assert int(saved["done"]) == 2 and saved["mw_cw_yw"].shape == (2,)
+    saved = BatchLedger(ledger_of(ctx.work_dir)).resume()
+    assert [r["id"] for r in saved] == [0, 1] and all(isinstance(r["mw_cw_yw"], float) for r in saved)
     assert run_reference(ctx) == [OUTPUT]
     assert ctx.summary == {"num_samples": 3, "resumed_from": 2}
     resumed = ReferenceLogprobs([ctx.out_dir / OUTPUT]).as_tensors()
@@ -292,7 +344,7 @@ def test_sigkill_mid_shard_leaves_no_logprobs_and_the_rerun_matches(pipeline, st
     env = {**os.environ, SLOW_ENV: "3000"}
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(repo=str(REPO)), args], env=env)
     deadline = time.time() + 120
-    while not (out / ".work" / PROGRESS).exists() and time.time() < deadline and proc.poll() is None:
+    while ledger_of(out / ".work") is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "the task finished (or failed) before it could be killed"
     proc.send_signal(signal.SIGKILL)
@@ -354,7 +406,6 @@ source = "tiny"
 
 [reference]
 batch_size = 2
-save_every = 1
 """
 
 
@@ -370,7 +421,7 @@ def test_plan_mirrors_the_precompute_shards(write_recipe):
 
 
 def test_conditions_are_the_losses_conditions_and_are_validated(write_recipe):
-    assert ALL_CONDITIONS == CONDITIONS
+    assert ReferenceSpec().conditions == CONDITIONS
     with pytest.raises(RecipeError, match="reference.conditions: value error, repeated conditions mw_cw_yw"):
         load_recipe(write_recipe(recipe_text() + 'conditions = ["mw_cw_yw", "mw_cw_yw"]\n'))
     with pytest.raises(RecipeError, match=r"reference.conditions.0: input should be 'mw_cw_yw'"):
@@ -413,9 +464,9 @@ def test_recipe_through_the_local_executor_resubmit_and_sigkill(write_recipe):
     )
     env = {**os.environ, SLOW_ENV: "4000"}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO, start_new_session=True)
-    progress = [run_dir / "reference" / t.task_id / ".work" / PROGRESS for t in plan.stage("reference").tasks]
+    works = [run_dir / "reference" / t.task_id / ".work" for t in plan.stage("reference").tasks]
     deadline = time.time() + 240
-    while not any(p.exists() for p in progress) and time.time() < deadline and proc.poll() is None:
+    while not any(ledger_of(w) for w in works) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     assert proc.poll() is None, "the submission ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)

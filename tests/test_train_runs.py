@@ -327,11 +327,11 @@ def slurm_requeue_run(request, base, tmp_path_factory) -> dict[str, Any]:
     root = clone(base, tmp_path_factory.mktemp("slurm"))
     resources = "[cluster.resources.preference]\ntimeout_min = 2\nsignal_delay_s = 30\nmax_requeues = 8\n"
     path = write(root, "slurm", PREF1_Z3, '[cluster]\nexecutor = "slurm"\nprofile = "local"\n' + resources)
-    os.environ["MCMDPO_TEST_TRAIN_SLEEP_MS"] = "30000"  # first attempt: 8 steps x 30 s > the 2-min limit
+    os.environ["MCMDPO_TEST_PAUSE_MS"] = "30000"  # first attempt: 8 steps x 30 s > the 2-min limit
     try:
         report = submit(load_recipe(path))
     finally:
-        del os.environ["MCMDPO_TEST_TRAIN_SLEEP_MS"]
+        del os.environ["MCMDPO_TEST_PAUSE_MS"]
     return {"path": path, "report": report, "started": time.time()}
 
 
@@ -413,7 +413,7 @@ def test_clear_errors_batch_arithmetic_missing_sft_output_incompatible_checkpoin
         run_in_process(chain, "preference")
 
     (sft / "DONE").unlink()  # the SFT task reruns from its checkpoints, but the base model got wider
-    (sft / ".work" / "export.json").unlink()
+    (sft / ".work" / "complete.json").unlink()
     (model_task,) = build_plan(load_recipe(sft_path)).stage("model").tasks
     model_dir = load_recipe(sft_path).run_dir / "model" / model_task.task_id / "model"
     shutil.rmtree(model_dir)

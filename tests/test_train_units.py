@@ -19,7 +19,6 @@ from mcmdpo.train import checkpoint
 from mcmdpo.train.batches import DataOrder, Prefetcher
 from mcmdpo.train.engine import build_scheduler, ds_config, warmup_steps
 from mcmdpo.train.metrics import MetricsLog
-from mcmdpo.train.objectives import needed_conditions
 from mcmdpo.train.spec import (
     ABLATION_NAMES,
     TERM_NAMES,
@@ -75,6 +74,12 @@ def test_recipe_errors_name_file_line_and_field(write_recipe):
     assert f"{path}:20: preference.loss.drop: value error, unknown group or term 'pairs'" in text
 
 
+def needed_conditions(spec: LossSpec) -> tuple[str, ...]:
+    from mcmdpo.losses import PreferenceLoss
+
+    return PreferenceLoss.from_spec(spec).conditions
+
+
 def test_loss_spec_and_conditions():
     from mcmdpo.losses import ABLATIONS, CONDITIONS, TERMS
 
@@ -86,6 +91,34 @@ def test_loss_spec_and_conditions():
     assert needed_conditions(LossSpec()) == CONDITIONS
     dropped = needed_conditions(LossSpec(drop=("pair", "rpo")))  # rpo's condition stays: rejected reward
     assert dropped == ("mw_cw_yw", "mw_cw_yl", "ml_cw_yw", "mw_cl_yw", "ml_cl_yl")
+
+
+def test_preference_loss_resolves_weights_once_and_equals_the_functions(monkeypatch):
+    import torch
+
+    from mcmdpo import losses
+
+    spec = LossSpec(gamma=0.4, drop=("multi",), form="upstream")
+    calls = []
+    real = losses.resolve_weights
+    monkeypatch.setattr(losses, "resolve_weights", lambda *a, **k: calls.append(1) or real(*a, **k))
+    loss = losses.PreferenceLoss.from_spec(spec)
+    g = torch.Generator().manual_seed(0)
+    policy = {c: torch.randn(3, generator=g, dtype=torch.float64) for c in loss.conditions}
+    reference = {c: torch.randn(3, generator=g, dtype=torch.float64) for c in loss.conditions}
+    for _ in range(3):
+        result = loss(policy, reference)
+    assert len(calls) == 1  # resolved when built, not per micro-batch
+    direct = real({}, gamma=0.4, drop=("multi",))
+    expected = losses.weighted_terms(policy, reference, direct, beta=0.1, form="upstream")
+    assert torch.equal(result.loss, expected.loss)
+    assert torch.equal(
+        result.loss, losses.mcmdpo_loss(policy, reference, gamma=0.4, drop=("multi",), form="upstream").loss
+    )
+    mdpo = losses.PreferenceLoss.from_spec(LossSpec(kind="mdpo", anchor_weight=0.5))
+    assert torch.equal(
+        mdpo(policy, reference).loss, losses.mdpo_loss(policy, reference, anchor_weight=0.5).loss
+    )
 
 
 def test_paper_defaults():

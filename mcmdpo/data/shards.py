@@ -25,7 +25,7 @@ chosen, rejected
 Pixel datasets are chunked one chunk per sample and patch (``[1,1,3,S,S]``, so exactly one chunk per
 sample in pad mode), uncompressed: writes and reads go straight to the chunk (``write_direct_chunk`` /
 ``read_direct_chunk``), which is what makes random access cheap. File attributes carry the
-provenance (see ``mcmdpo.stages.precompute``). :class:`PreferenceShards` opens a list of shards (or
+provenance (see :mod:`mcmdpo.data.build`). :class:`PreferenceShards` opens a list of shards (or
 an index JSON) as one dataset with O(1) random access by global index.
 """
 
@@ -41,10 +41,23 @@ from typing import Any
 
 import numpy as np
 
+from mcmdpo.data.hdf5 import decode_attr, encode_attr, read_attrs
+from mcmdpo.errors import StateError
+
 FORMAT = "mcmdpo-preference-shard/1"
 INDEX_FORMAT = "mcmdpo-preference-index/1"
 TEXT_FIELDS = ("question", "rejected_question", "chosen", "rejected")
 INT_FIELDS = ("positions", "rejected_context_positions", "rejected_image_positions")
+
+
+def shard_name(shard: int, num_shards: int) -> str:
+    """``shard-KKKKK-of-NNNNN`` (the stem of a shard file and of its report)."""
+    return f"shard-{shard:05d}-of-{num_shards:05d}"
+
+
+def shard_range(num_records: int, shard: int, num_shards: int) -> range:
+    """Contiguous record positions of ``shard``: [k*n//N, (k+1)*n//N)."""
+    return range(shard * num_records // num_shards, (shard + 1) * num_records // num_shards)
 
 
 @dataclass
@@ -113,7 +126,7 @@ class ShardWriter:
             for side in ("chosen", "rejected")
         }
         for key, value in (attrs or {}).items():
-            self._file.attrs[key] = _attr(value)
+            self._file.attrs[key] = encode_attr(value)
 
     def add(self, sample: Sample) -> None:
         i = self.count
@@ -167,7 +180,7 @@ class ShardWriter:
         f.attrs["max_patches"] = self.max_patches
         f.attrs["patch_shape"] = np.array(self.patch_shape, dtype=np.int64)
         for key, value in (attrs or {}).items():
-            f.attrs[key] = _attr(value)
+            f.attrs[key] = encode_attr(value)
         f.close()
         return n
 
@@ -196,15 +209,6 @@ def cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
         else:
             return torch.from_numpy(np.ascontiguousarray(values)).to(torch.float16).numpy()
     return np.ascontiguousarray(values, dtype=dtype)
-
-
-def _attr(value: Any) -> Any:
-    """HDF5 attributes: scalars and strings as is; anything structured as canonical JSON text."""
-    if isinstance(value, (str, bool, int, float, np.integer, np.floating)):
-        return value
-    if isinstance(value, np.ndarray):
-        return value
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 # ---------------------------------------------------------------- reading
@@ -248,7 +252,7 @@ class ShardReader:
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return {k: _from_attr(v) for k, v in self.file.attrs.items()}
+        return read_attrs(self.file)
 
     def __len__(self) -> int:
         if self._len is None:  # shards are immutable once renamed into place
@@ -303,19 +307,6 @@ class ShardReader:
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
         self._file, self._pixels = None, None
-
-
-def _from_attr(value: Any) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 class PreferenceShards:
@@ -383,26 +374,20 @@ class PreferenceShards:
             r.close()
 
 
-def task_h5_output(task: Any) -> Path:
-    """The one ``.h5`` output of a finished shard task (a precompute or reference TaskInput)."""
-    h5 = [Path(p) for p in task.outputs if str(p).endswith(".h5")]
-    if len(h5) != 1:
-        raise ValueError(f"{task.stage} task {task.task_id}: expected one .h5 output, got {h5}")
-    return h5[0] if h5[0].is_absolute() else Path(task.dir) / h5[0]
-
-
 def ordered_shard_outputs(inputs: Iterable[Any], kind: str) -> list[Path]:
     """The ``.h5`` outputs of finished shard tasks, in shard order.
 
     Refuses an incomplete set (missing shards, or tasks from different shard counts).
     """
+    from mcmdpo.handoff import task_h5_output
+
     by_shard: dict[int, Path] = {}
     totals = set()
     for task in inputs:
         totals.add(int(task.params["num_shards"]))
         by_shard[int(task.params["shard"])] = task_h5_output(task)
     if len(totals) != 1 or sorted(by_shard) != list(range(next(iter(totals)))):
-        raise ValueError(
+        raise StateError(
             f"incomplete {kind} set: have shards {sorted(by_shard)} of num_shards {sorted(totals)}"
         )
     return [by_shard[k] for k in sorted(by_shard)]
@@ -434,7 +419,7 @@ def shard_content_hash(path: Path | str) -> str:
     h = hashlib.sha256()
     with h5py.File(path, "r") as f:
         for key in sorted(f.attrs):
-            h.update(f"attr {key}={_from_attr(f.attrs[key])!r}\n".encode())
+            h.update(f"attr {key}={decode_attr(f.attrs[key])!r}\n".encode())
         for name in sorted(f):
             ds = f[name]
             h.update(f"ds {name} {ds.dtype} {ds.shape}\n".encode())

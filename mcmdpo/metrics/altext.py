@@ -101,7 +101,7 @@ def upstream_round(mean: float) -> float:
     return round(mean, 5) * 100
 
 
-def score_paper(pairs: Sequence[Pair], text: nlp.TextConfig) -> ProtocolResult:
+def score_paper(pairs: Sequence[Pair], text: nlp.NltkSpec) -> ProtocolResult:
     """The upstream ``get_score.py`` metrics for ``pairs`` (see the module docstring)."""
     from pycocoevalcap.cider.cider_scorer import CiderScorer
 
@@ -119,7 +119,7 @@ def score_paper(pairs: Sequence[Pair], text: nlp.TextConfig) -> ProtocolResult:
     return ProtocolResult(_paper_aggregate(samples), samples, text.deviations())
 
 
-def _paper_sample(pair: Pair, text: nlp.TextConfig) -> dict[str, Any]:
+def _paper_sample(pair: Pair, text: nlp.NltkSpec) -> dict[str, Any]:
     from nltk.translate.bleu_score import sentence_bleu
     from nltk.translate.meteor_score import meteor_score
 
@@ -396,10 +396,10 @@ def score_coco(pairs: Sequence[Pair]) -> ProtocolResult:
 
 
 def score_pairs(
-    pairs: Sequence[Pair], protocols: Sequence[str], text: nlp.TextConfig | None = None
+    pairs: Sequence[Pair], protocols: Sequence[str], text: nlp.NltkSpec | None = None
 ) -> dict[str, ProtocolResult]:
     """Every requested protocol; the coco Java tools run while the paper metrics are computed."""
-    text = text or nlp.TextConfig()
+    text = text or nlp.NltkSpec()
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:
         raise ValueError(f"unknown alt-text protocol(s) {unknown}; choose from {list(PROTOCOLS)}")
@@ -444,7 +444,7 @@ def score_file(
     pred_path: Path | str,
     protocol: str | Sequence[str],
     out_path: Path | str,
-    text: nlp.TextConfig | None = None,
+    text: nlp.NltkSpec | None = None,
 ) -> dict[str, Any]:
     """Score a predictions JSONL (lines with ``response`` and ``chosen``); write metrics JSON.
 

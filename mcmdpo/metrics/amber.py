@@ -108,7 +108,7 @@ def read_counters(path: Path) -> dict[str, float]:
     return counters
 
 
-def extract_nouns(response: str, text: nlp.TextConfig) -> list[str]:
+def extract_nouns(response: str, text: nlp.NltkSpec) -> list[str]:
     """Upstream ``extract_nouns``: tokens tagged NN*, WordNet-lemmatised (case kept)."""
     return [nlp.lemmatize(w) for w in nlp.noun_tokens(nlp.word_tokenize(response, text), text)]
 
@@ -139,7 +139,7 @@ def annotation(data: AmberData, item_id: int) -> dict[str, Any]:
 def score_amber(
     records: Sequence[Mapping[str, Any]],
     data: AmberData,
-    text: nlp.TextConfig,
+    text: nlp.NltkSpec,
     similarity: Callable[[str, str], float] | None = None,
     threshold: float = 0.8,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -157,7 +157,7 @@ def score_amber(
 def _score_one(
     record: Mapping[str, Any],
     data: AmberData,
-    text: nlp.TextConfig,
+    text: nlp.NltkSpec,
     similarity: Callable[[str, str], float] | None,
     threshold: float,
 ) -> dict[str, Any]:

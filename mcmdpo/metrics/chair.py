@@ -143,7 +143,7 @@ def coco_mentions(words: Sequence[str], syn: Synonyms) -> list[tuple[str, str]]:
     return [(w, syn.inverse[w]) for w in words if w in syn.objects]
 
 
-def caption_words(caption: str, syn: Synonyms, text: nlp.TextConfig) -> list[str]:
+def caption_words(caption: str, syn: Synonyms, text: nlp.NltkSpec) -> list[str]:
     """Upstream ``caption_to_words`` before the class filter: tokens, lemmas, two-word names."""
     tokens = nlp.word_tokenize(caption.lower(), text)
     return merge_double_words([nlp.lemmatize(t) for t in tokens], syn)
@@ -156,7 +156,7 @@ def ground_truth(
     image_ids: Iterable[int],
     coco_dir: Path,
     syn: Synonyms,
-    text: nlp.TextConfig,
+    text: nlp.NltkSpec,
     cache_dir: Path | None = None,
 ) -> dict[int, set[str]]:
     """COCO classes per image (instances + captions of train2014 and val2014), optionally cached.
@@ -180,7 +180,7 @@ def ground_truth(
     return gt
 
 
-def _gt_key(ids: Sequence[int], coco_dir: Path, syn: Synonyms, text: nlp.TextConfig) -> str:
+def _gt_key(ids: Sequence[int], coco_dir: Path, syn: Synonyms, text: nlp.NltkSpec) -> str:
     stats = []
     for name in COCO_FILES:
         st = (Path(coco_dir) / name).stat()
@@ -191,7 +191,7 @@ def _gt_key(ids: Sequence[int], coco_dir: Path, syn: Synonyms, text: nlp.TextCon
 
 
 def _ground_truth(
-    ids: Sequence[int], coco_dir: Path, syn: Synonyms, text: nlp.TextConfig
+    ids: Sequence[int], coco_dir: Path, syn: Synonyms, text: nlp.NltkSpec
 ) -> dict[int, set[str]]:
     wanted = set(ids)
     gt: dict[int, set[str]] = {i: set() for i in ids}
@@ -246,7 +246,7 @@ def parse_object_list(content: str) -> list[str] | None:
 
 
 def refine_objects(
-    objects: Sequence[str], syn: Synonyms, text: nlp.TextConfig, spacy_nlp: Any = None
+    objects: Sequence[str], syn: Synonyms, text: nlp.NltkSpec, spacy_nlp: Any = None
 ) -> list[str]:
     """Upstream ``get_pred_objs_match``: each extracted object -> two-word names, else noun runs."""
     refined: list[str] = []
@@ -265,7 +265,7 @@ def llm_extract(
     records: Sequence[Mapping[str, Any]],
     client: Any,
     syn: Synonyms,
-    text: nlp.TextConfig,
+    text: nlp.NltkSpec,
     spacy_nlp: Any = None,
 ) -> dict[Any, list[str]]:
     """Objects per record id from the LLM extractor (upstream: answers of <= 3 words give none)."""
@@ -284,7 +284,7 @@ def llm_extract(
     return extracted
 
 
-def _analyse(phrase: str, text: nlp.TextConfig, spacy_nlp: Any) -> tuple[list[str], list[str], list[bool]]:
+def _analyse(phrase: str, text: nlp.NltkSpec, spacy_nlp: Any) -> tuple[list[str], list[str], list[bool]]:
     """Tokens, lemmas and noun flags of ``phrase`` (spaCy when given, else NLTK + WordNet)."""
     if spacy_nlp is not None:
         doc = spacy_nlp(phrase)
@@ -323,7 +323,7 @@ def score_chair(
     records: Sequence[Mapping[str, Any]],
     gt: Mapping[int, set[str]],
     syn: Synonyms,
-    text: nlp.TextConfig,
+    text: nlp.NltkSpec,
     extracted: Mapping[Any, list[str]] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """CHAIR over ``records`` (``id``, ``image_id``, ``response``); ``extracted``: LLM objects by id."""
@@ -335,7 +335,7 @@ def _sample(
     record: Mapping[str, Any],
     gt: Mapping[int, set[str]],
     syn: Synonyms,
-    text: nlp.TextConfig,
+    text: nlp.NltkSpec,
     extracted: Mapping[Any, list[str]] | None,
 ) -> dict[str, Any]:
     caption = response_text(record)

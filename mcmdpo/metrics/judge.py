@@ -30,7 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from mcmdpo.artifacts import canonical_json, content_hash, write_json_atomic
+from mcmdpo.errors import McmdpoError
+from mcmdpo.spec import Spec
 
 log = logging.getLogger(__name__)
 
@@ -38,35 +42,32 @@ Message = Mapping[str, Any]
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
-@dataclass(frozen=True)
-class JudgeConfig:
-    """Where and how to call the judge.
+class JudgeSpec(Spec):
+    """``[score.judge]``: an OpenAI-compatible chat-completions endpoint (MMHal, LLM object extractor).
 
     ``api_key_env`` names the environment variable holding the key ("" for endpoints without
-    authentication, e.g. a local vLLM server); the key itself is never stored in this object.
+    authentication, e.g. a local vLLM server); the key itself is never stored.
     """
 
-    base_url: str
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 0.0
-    max_tokens: int | None = None
-    concurrency: int = 4
-    max_retries: int = 6
-    backoff_s: float = 2.0
-    max_backoff_s: float = 60.0
-    timeout_s: float = 120.0
-    cache_dir: Path | None = None
+    base_url: str = Field("https://api.openai.com/v1", description="endpoint base URL (.../v1)")
+    model: str = Field("gpt-4-1106-preview", description="judge model name sent with each request")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="environment variable holding the API key ('' = no auth); never stored"
+    )
+    temperature: float = Field(0.0, ge=0, description="sampling temperature (0: the judges' setting)")
+    concurrency: int = Field(4, ge=1, le=256, description="requests in flight at once")
+    max_retries: int = Field(6, ge=0, description="retries of 429/5xx/timeouts (exponential backoff)")
+    backoff_s: float = Field(2.0, gt=0, description="first retry delay; doubles each retry (with jitter)")
+    max_backoff_s: float = Field(60.0, gt=0, description="longest retry delay")
+    timeout_s: float = Field(120.0, gt=0, description="per-request timeout")
+    max_tokens: int | None = Field(None, ge=1, description="max_tokens sent to the endpoint (None: not sent)")
+    cache_dir: str | None = Field(
+        None, description="reply cache (default: <run_dir>/judge-cache); shared by re-runs and models"
+    )
 
     def public(self) -> dict[str, Any]:
         """Settings safe to write into metrics (no key, only the variable's name)."""
-        return {
-            "base_url": self.base_url,
-            "model": self.model,
-            "api_key_env": self.api_key_env,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-        }
+        return self.model_dump(include={"base_url", "model", "api_key_env", "temperature", "max_tokens"})
 
 
 @dataclass(frozen=True)
@@ -80,15 +81,19 @@ class JudgeReply:
     usage: dict[str, Any] = field(default_factory=dict)
 
 
-class JudgeError(RuntimeError):
+class JudgeError(McmdpoError, RuntimeError):
     """A request that failed for good (after retries, or a non-retryable status)."""
 
 
 class JudgeClient:
     """Chat completions with an on-disk cache, bounded concurrency and retries."""
 
-    def __init__(self, config: JudgeConfig, sleep: Any = time.sleep) -> None:
+    def __init__(
+        self, config: JudgeSpec, cache_dir: Path | str | None = None, sleep: Any = time.sleep
+    ) -> None:
         self.config = config
+        cache = cache_dir if cache_dir is not None else config.cache_dir
+        self.cache_dir = Path(cache) if cache is not None else None
         self._sleep = sleep
         self._key = _api_key(config.api_key_env)
         self.stats = {"requests": 0, "cached": 0, "retries": 0}
@@ -175,10 +180,10 @@ class JudgeClient:
     # ------------------------------------------------------------ cache
 
     def _cache_file(self, key: str) -> Path | None:
-        if self.config.cache_dir is None:
+        if self.cache_dir is None:
             return None
         model = re.sub(r"[^A-Za-z0-9_.\-]", "_", self.config.model)[:100]
-        return Path(self.config.cache_dir) / model / key[:2] / f"{key}.json"
+        return self.cache_dir / model / key[:2] / f"{key}.json"
 
     def _read_cache(self, key: str) -> dict[str, Any] | None:
         path = self._cache_file(key)

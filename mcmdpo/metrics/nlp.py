@@ -20,8 +20,12 @@ import functools
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Literal
+
+from pydantic import Field
+
+from mcmdpo.errors import McmdpoError
+from mcmdpo.spec import Spec
 
 Tokenizer = Literal["punkt", "treebank"]
 Tagger = Literal["perceptron", "wordnet"]
@@ -52,17 +56,23 @@ _CLOSED_CLASS_WORDS = """a an the this that these those some any each every eith
 CLOSED_CLASS = frozenset(_CLOSED_CLASS_WORDS.split())
 
 
-class MissingResource(RuntimeError):
+class MissingResource(McmdpoError, RuntimeError):
     """An NLTK data package is not installed; the message says how to install it."""
 
 
-@dataclass(frozen=True)
-class TextConfig:
-    """How text is tokenised and nouns are found; fallbacks are named deviations."""
+class NltkSpec(Spec):
+    """``[score.nltk]``: NLTK data location and the tokenizer / tagger modes (fallbacks are deviations)."""
 
-    tokenizer: Tokenizer = "punkt"
-    tagger: Tagger = "perceptron"
-    data_dirs: tuple[str, ...] = ()
+    data_dirs: tuple[str, ...] = Field(
+        (), description="extra NLTK data folders, searched first (or NLTK_DATA)"
+    )
+    tokenizer: Tokenizer = Field(
+        "punkt", description="punkt: nltk.word_tokenize (upstream); treebank: no sentence split (deviation)"
+    )
+    tagger: Tagger = Field(
+        "perceptron",
+        description="AMBER nouns: perceptron = nltk.pos_tag (upstream); wordnet = noun-lexicon fallback",
+    )
 
     def deviations(self, uses_tagger: bool = False) -> list[str]:
         """Human-readable deviations from the upstream scripts caused by this configuration."""
@@ -112,7 +122,7 @@ def require(names: Sequence[str], purpose: str) -> None:
         )
 
 
-def required_resources(config: TextConfig, *, tokenize: bool, lemmatize: bool, tag: bool) -> list[str]:
+def required_resources(config: NltkSpec, *, tokenize: bool, lemmatize: bool, tag: bool) -> list[str]:
     """The NLTK resources a metric needs under ``config``."""
     names = []
     if tokenize and config.tokenizer == "punkt":
@@ -124,7 +134,7 @@ def required_resources(config: TextConfig, *, tokenize: bool, lemmatize: bool, t
     return names
 
 
-def word_tokenize(text: str, config: TextConfig) -> list[str]:
+def word_tokenize(text: str, config: NltkSpec) -> list[str]:
     """``nltk.word_tokenize`` (punkt) or its no-sentence-split variant (treebank)."""
     from nltk.tokenize import word_tokenize as nltk_word_tokenize
 
@@ -145,7 +155,7 @@ def lemmatize(word: str) -> str:
     return lemmatizer().lemmatize(word)
 
 
-def noun_tokens(tokens: Sequence[str], config: TextConfig) -> list[str]:
+def noun_tokens(tokens: Sequence[str], config: NltkSpec) -> list[str]:
     """Tokens tagged as nouns (``NN*``), in order: nltk.pos_tag or the WordNet fallback."""
     if config.tagger == "perceptron":
         import nltk

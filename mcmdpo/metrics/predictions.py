@@ -1,9 +1,6 @@
-"""Prediction ledgers: one JSONL line per generated item, appended and flushed as it goes.
+"""Prediction files: one JSON object per line with an ``id``; reading, writing and merging shards.
 
-A generation task appends each finished batch to its ledger and ``fsync``s it, so a preempted or
-killed task loses at most the batch in flight. On restart :meth:`PredictionLedger.resume` reads the
-ledger back: a torn last line (the process died mid-write) is detected and cut off, and generation
-continues after the last complete item. A malformed line anywhere else is corruption and an error.
+(Generation appends finished batches to a :class:`mcmdpo.resumable.BatchLedger` while it runs.)
 
 Item ids may be ints or strings (upstream ``idx`` values, AMBER ids, MMHal positions); they are
 compared through :func:`id_key` so that ``7`` and ``"7"`` never collide silently.
@@ -12,86 +9,22 @@ compared through :func:`id_key` so that ``7`` and ``"7"`` never collide silently
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mcmdpo.artifacts import atomic_path
+from mcmdpo.errors import InputError
+from mcmdpo.resumable import dump_line
 
 
-class PredictionError(ValueError):
+class PredictionError(InputError):
     """A predictions file that cannot be used; the message names the file and line."""
 
 
 def id_key(item_id: Any) -> str:
     """A hashable, type-preserving key for an item id (``7`` and ``"7"`` differ)."""
     return json.dumps(item_id, sort_keys=True)
-
-
-def dump_line(record: Mapping[str, Any]) -> str:
-    """One JSONL line (UTF-8 text kept as is, newline-terminated)."""
-    return json.dumps(record, ensure_ascii=False, sort_keys=False) + "\n"
-
-
-class PredictionLedger:
-    """Append-only JSONL file of prediction records, each with an ``id``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def resume(self) -> list[dict[str, Any]]:
-        """Records already written, in order; a torn last line is removed from the file."""
-        if not self.path.exists():
-            return []
-        data = self.path.read_bytes()
-        records, good_bytes = _parse_ledger(data, self.path)
-        if good_bytes < len(data):
-            with open(self.path, "r+b") as f:
-                f.truncate(good_bytes)
-                f.flush()
-                os.fsync(f.fileno())
-        return records
-
-    def append(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Append ``records`` and make them durable before returning."""
-        if not records:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = "".join(dump_line(r) for r in records)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def _parse_ledger(data: bytes, path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Parse the newline-terminated lines; return the records and the byte length of that prefix.
-
-    Whatever follows the last newline is a torn write (every append ends with a newline) and is
-    not part of the prefix, even when it happens to parse.
-    """
-    complete, _, _tail = data.rpartition(b"\n")
-    if not complete and not data.endswith(b"\n"):
-        return [], 0
-    records: list[dict[str, Any]] = []
-    for number, raw in enumerate(complete.split(b"\n"), 1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PredictionError(f"{path}:{number}: malformed prediction line ({exc})") from None
-        _check_record(record, path, number)
-        records.append(record)
-    return records, len(complete) + 1
-
-
-def _check_record(record: Any, path: Path, line: int) -> None:
-    if not isinstance(record, dict):
-        raise PredictionError(f"{path}:{line}: expected a JSON object (got {type(record).__name__})")
-    if "id" not in record:
-        raise PredictionError(f"{path}:{line}: prediction record has no 'id'")
 
 
 def read_predictions(path: Path, required: Sequence[str] = ()) -> list[dict[str, Any]]:

@@ -10,8 +10,11 @@ switch, ``train_vision_tower``, covers them.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
@@ -50,6 +53,32 @@ def load_llava(
     return model, processor
 
 
+def load_frozen(
+    path: str | Path, mode: ImageMode = "pad", dtype: str | torch.dtype = "float32", device: str = "auto"
+) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """A model for inference only (reference scoring, generation): eval mode, no gradients.
+
+    ``dtype`` is a torch dtype or its name; ``device = "auto"`` picks ``cuda:<LOCAL_RANK>`` when a GPU
+    is visible, else the CPU.
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # progress bars garble job log files
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    model, processor = load_llava(path, mode=mode, dtype=dtype, device=resolve_device(device))
+    model.eval().requires_grad_(False)
+    return model, processor
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda:<LOCAL_RANK>`` when CUDA is available, else ``cpu``; others unchanged."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return "cpu"
+
+
 def align_processor(processor: ProcessorMixin, model: PreTrainedModel) -> None:
     """Make the processor's image-token arithmetic match the model (older hub configs lack fields)."""
     config = model.config
@@ -86,3 +115,17 @@ def set_gradient_checkpointing(model: PreTrainedModel, enabled: bool) -> None:
 def trainable_parameter_count(model: PreTrainedModel) -> int:
     """Number of parameters with ``requires_grad``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def config_summary(folder: Path) -> dict[str, Any]:
+    """A few facts from ``config.json`` (model type and widths), for humans reading model.json."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    text, vision = config.get("text_config") or {}, config.get("vision_config") or {}
+    return {
+        "model_type": config.get("model_type"),
+        "text_hidden_size": text.get("hidden_size"),
+        "text_layers": text.get("num_hidden_layers"),
+        "vocab_size": text.get("vocab_size"),
+        "vision_image_size": vision.get("image_size"),
+        "vision_patch_size": vision.get("patch_size"),
+    }

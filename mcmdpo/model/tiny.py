@@ -25,6 +25,16 @@ from transformers.utils import is_torchvision_available
 
 from mcmdpo.model.template import IMAGE_TOKEN, SYSTEM, format_prompt
 
+BUILTIN_CORPUS = (
+    "Given an image and context, generate alt-text for the image.\nContext:\n",
+    "A photo of a red bus parked next to a green tree on a sunny street.",
+    "Two people walk a brown dog along the beach at sunset.",
+    "A poster with the word SALE in large white letters on a blue background.",
+    "Three yellow circles and one black square on a white table.",
+    "Happy birthday to my best friend! What a great party tonight.",
+)
+"""Tokenizer corpus of a tiny model built without a ``data`` stage."""
+
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN)
 # LLaVA-1.6 anyres grid at 336 is 1x2, 2x1, 2x2, 3x1, 1x3 crops; the tiny model keeps the shapes.
 GRID_SHAPES = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))

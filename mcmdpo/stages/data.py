@@ -19,10 +19,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from mcmdpo.artifacts import file_hash, read_json, write_json_atomic
-from mcmdpo.stage import Stage, StageSpec, TaskContext, TaskInput, register
+from mcmdpo.artifacts import file_hash, write_json_atomic
+from mcmdpo.errors import MissingInput
+from mcmdpo.handoff import DATA_MANIFEST as MANIFEST
+from mcmdpo.stage import Stage, StageSpec, TaskContext, register
 
-MANIFEST = "data.json"
 DEMO_DIR = "demo"
 
 
@@ -99,9 +100,9 @@ def _files(spec: DataSpec) -> dict[str, Any]:
             continue
         file, root = Path(name).absolute(), Path(images).absolute()
         if not file.is_file():
-            raise FileNotFoundError(f"data.{split}_file: no such file {file}")
+            raise MissingInput(f"no such file {file}", field=f"data.{split}_file")
         if not root.is_dir():
-            raise FileNotFoundError(f"data.{split}_images: no such folder {root}")
+            raise MissingInput(f"no such folder {root}", field=f"data.{split}_images")
         splits[split] = {
             "file": str(file),
             "images": str(root),
@@ -121,32 +122,6 @@ def _describe(file: Path, num_records: int) -> dict[str, Any]:
         "sha256": file_hash(file),
         "size": stat.st_size,
     }
-
-
-def split_source(task: TaskInput, split: str) -> dict[str, Any]:
-    """One split of a finished data task: absolute ``file``/``images`` plus the manifest's fields."""
-    manifest = read_json(task.dir / MANIFEST)
-    if split not in manifest["splits"]:
-        raise ValueError(f"the data stage has no {split!r} split (have: {', '.join(manifest['splits'])})")
-    info = dict(manifest["splits"][split])
-    info["file"] = str(task.dir / info["file"])  # absolute paths stay absolute under '/'
-    info["images"] = str(task.dir / info["images"])
-    return info
-
-
-def planned_records(doc: dict[str, Any], split: str) -> int | None:
-    """Record count of ``split`` known at planning time (demo sizes, or counting the file)."""
-    data = doc.get("data")
-    if not isinstance(data, dict):
-        return None
-    if data.get("source", "demo") == "demo":
-        return int(data.get(f"num_{split}", DataSpec.model_fields[f"num_{split}"].default))
-    name = data.get(f"{split}_file")
-    if not name or not Path(name).is_file():
-        return None
-    from mcmdpo.data.records import count_records
-
-    return count_records(Path(name))
 
 
 STAGE = register(Stage(name="data", spec=DataSpec, run=run_data))

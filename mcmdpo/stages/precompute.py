@@ -1,45 +1,24 @@
 """Stage ``precompute``: preference records -> training-ready HDF5 shards, one shard per array task.
 
-Every task reads the whole source file (texts only) so that record-level checks (duplicates, the
-rejected-context draw, the ``random`` strategy's other image) are global and the same in every
-task; it then decodes, preprocesses and writes only its own contiguous range of record positions.
-The shard is written under a hidden temporary name and renamed when complete, with its report
-(``shard-KKKKK-of-NNNNN.report.json``: kept/skipped counts and every skipped record with its
-reason). A task killed mid-shard leaves no visible shard; the re-run rebuilds it, and a finished
-shard with the same fingerprint is reused. Training opens the finished tasks with
-``mcmdpo.data.shards.PreferenceShards.from_inputs(ctx.inputs["precompute"])``.
-
-Inputs: the ``data`` stage's manifest (or ``data_file`` + ``image_root``) and the image processor of
-the ``model`` stage's HF folder (``mcmdpo.stages.model.model_dir``; its ``mode`` must match), or
-``processor_path``, or the built-in LLaVA-1.6 processor config when neither is given.
-
-Test hook: ``MCMDPO_TEST_SLOW_MS`` (environment) sleeps that many milliseconds after each sample,
-so tests can kill a task mid-shard.
+The work is :mod:`mcmdpo.data.build` (records -> samples -> one shard, written under a hidden name and
+renamed when complete, with its ``.report.json``) and :mod:`mcmdpo.data.shards` (the layout). Inputs:
+the ``data`` manifest (or ``data_file`` + ``image_root``) and the image processor of the ``model``
+stage (or ``processor_path``, or the built-in LLaVA-1.6 config). Training opens the finished tasks with
+``PreferenceShards.from_inputs(ctx.inputs["precompute"])``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
-import os
-import queue
-import threading
-import time
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from mcmdpo.artifacts import atomic_path, content_hash, file_hash, read_json, write_json_atomic
+from mcmdpo import handoff
+from mcmdpo.artifacts import atomic_path, read_json, write_json_atomic
+from mcmdpo.errors import ConfigError
+from mcmdpo.resumable import mark_complete, remove_stale_temps, reusable
 from mcmdpo.stage import Stage, StageSpec, TaskContext, register
-from mcmdpo.stages.data import planned_records, split_source
-
-SLOW_ENV = "MCMDPO_TEST_SLOW_MS"
-PACKAGES = ("numpy", "torch", "h5py", "pillow", "transformers", "datasets")
 
 
 class PrecomputeSpec(StageSpec):
@@ -90,335 +69,22 @@ class PrecomputeSpec(StageSpec):
         return self
 
 
-def shard_name(shard: int, num_shards: int) -> str:
-    return f"shard-{shard:05d}-of-{num_shards:05d}"
-
-
-def shard_range(num_records: int, shard: int, num_shards: int) -> range:
-    """Contiguous record positions of ``shard``: [k*n//N, (k+1)*n//N)."""
-    return range(shard * num_records // num_shards, (shard + 1) * num_records // num_shards)
-
-
 def precompute_tasks(spec: PrecomputeSpec, doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One task per shard: ``{"shard": k, "num_shards": N}``."""
     model = doc.get("model")
     if isinstance(model, dict) and model.get("mode", spec.mode) != spec.mode:
-        raise ValueError(
-            f"precompute.mode = {spec.mode!r} but model.mode = {model['mode']!r}: set both alike"
+        raise ConfigError(
+            f"{spec.mode!r} but model.mode = {model['mode']!r}: set both alike", field="precompute.mode"
         )
-    n = spec.num_shards or 1
-    if spec.samples_per_shard is not None:
-        count = planned_records(doc, spec.split)
-        if count is None and spec.data_file and Path(spec.data_file).is_file():
-            from mcmdpo.data.records import count_records
-
-            count = count_records(Path(spec.data_file))
-        if count is None:
-            raise ValueError(
-                "precompute.samples_per_shard: the record count is unknown at planning time; set num_shards"
-            )
-        n = max(1, math.ceil(count / spec.samples_per_shard))
-    return [{"shard": k, "num_shards": n} for k in range(n)]
-
-
-# ---------------------------------------------------------------- inputs
-
-
-@dataclass(frozen=True)
-class Source:
-    file: Path
-    images: Path
-    sha256: str
-    format: str
-
-
-def resolve_source(ctx: TaskContext, spec: PrecomputeSpec) -> Source:
-    """The split's file and image root, from the data stage (or the spec's own fields)."""
-    if ctx.inputs.get("data"):
-        info = split_source(ctx.inputs["data"][0], spec.split)
-        file = Path(info["file"])
-        if file.stat().st_size != info["size"]:
-            raise RuntimeError(f"{file} changed since the data stage recorded it (size differs)")
-        return Source(file, Path(info["images"]), info["sha256"], info["format"])
-    if not spec.data_file:
-        raise ValueError("precompute needs a [data] stage in the recipe, or data_file + image_root")
-    from mcmdpo.data.records import detect_format
-
-    file = Path(spec.data_file).absolute()
-    return Source(file, Path(spec.image_root or ".").absolute(), file_hash(file), detect_format(file))
-
-
-def resolve_processor_dir(ctx: TaskContext, spec: PrecomputeSpec) -> Path | None:
-    """The model stage's HF folder (``model_dir``), else ``processor_path``, else None (built-in).
-
-    A model stage that declares a different image ``mode`` gets a warning (the weights work in both
-    modes, but the training stages should use the mode the shards were made in).
-    """
-    from mcmdpo.stages.model import MANIFEST, model_dir
-
-    tasks = ctx.inputs.get("model")
-    if not tasks:
-        return Path(spec.processor_path) if spec.processor_path else None
-    manifest = tasks[0].dir / MANIFEST
-    mode = read_json(manifest).get("mode") if manifest.is_file() else None
-    if mode is not None and mode != spec.mode:
-        ctx.log.warning("precompute.mode = %r but the model stage declares mode %r", spec.mode, mode)
-    return model_dir(tasks[0])
-
-
-# ---------------------------------------------------------------- building
-
-
-@dataclass
-class ShardReport:
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-    converted: Counter[str] = field(default_factory=Counter)
-
-
-@dataclass
-class Prepared:
-    """A sample between the image work (main thread) and the tensor work (writer thread)."""
-
-    position: int
-    chosen: Any
-    rng: Any
-    context: int = -1
-    rejected: Any = None
-    other: int = -1
-
-
-class ShardBuilder:
-    """Turns record positions into :class:`~mcmdpo.data.shards.Sample` objects for one shard."""
-
-    def __init__(self, spec: PrecomputeSpec, source: Source, processor: Any, seed: int):
-        from mcmdpo.data.images import ImagePreprocessor
-        from mcmdpo.data.records import check_context_pool, load_records
-
-        self.spec, self.source, self.seed = spec, source, seed
-        self.records = load_records(source.file, spec.split, source.format)
-        self.usable = [bool(r.question.strip()) for r in self.records]
-        try:
-            check_context_pool(self.usable)
-        except ValueError as exc:
-            raise ValueError(f"{source.file}: {exc}") from None
-        self.pre = ImagePreprocessor(processor, spec.mode)
-        self.real_root = Path(os.path.realpath(source.images))
-        self.report = ShardReport()
-
-    def bad(self, position: int, code: str, detail: str) -> Exception:
-        from mcmdpo.data.records import BadRecord
-
-        return BadRecord(self.source.file, position, self.records[position].id, code, detail)
-
-    def load(self, position: int, count_mode: bool = True) -> Any:
-        """The decoded RGB image of a record, or BadRecord."""
-        from mcmdpo.data.images import ImageError, load_image
-        from mcmdpo.data.records import UnsafePath, resolve_image
-
-        record = self.records[position]
-        if record.problem is not None:
-            raise self.bad(position, *record.problem)
-        try:
-            src = record.image_bytes or resolve_image(self.source.images, record.image or "", self.real_root)
-            image, mode = load_image(src, self.spec.max_image_pixels, self.spec.non_rgb)
-        except UnsafePath as exc:
-            raise self.bad(position, "unsafe_path", str(exc)) from None
-        except ImageError as exc:
-            raise self.bad(position, exc.code, str(exc)) from None
-        if mode != "RGB" and count_mode:
-            self.report.converted[mode] += 1
-        return image
-
-    def prepare(self, position: int) -> Prepared:
-        """The image work of one sample (decode, preprocess, PIL-level rejected image)."""
-        from mcmdpo import noise
-        from mcmdpo.data.records import rejected_context_position
-
-        record = self.records[position]
-        image = self.load(position)
-        rng = noise.sample_rng(self.seed, record.id, self.spec.strategy, self.spec.diffusion_step)
-        prepared = Prepared(position, self.pre(image), rng)
-        prepared.context = rejected_context_position(position, len(self.records), self.usable)
-        if self.spec.strategy == "crop":
-            prepared.rejected = self.pre(noise.crop(image, rng))
-        elif self.spec.strategy == "rotate":
-            prepared.rejected = self.pre(noise.rotate(image, rng))
-        elif self.spec.strategy == "random":
-            prepared.other, other_image = self.random_image(position, rng)
-            prepared.rejected = self.pre(other_image)
-        return prepared
-
-    def finish(self, p: Prepared) -> Any:
-        """The tensor work of one sample (diffusion noise or zeros) -> a shard Sample.
-
-        Runs on the writer thread: numpy releases the GIL here, overlapping the next decode.
-        """
-        import numpy as np
-
-        from mcmdpo import noise
-        from mcmdpo.data.images import Pixels
-        from mcmdpo.data.shards import Sample
-
-        rejected = p.rejected
-        if self.spec.strategy == "diffusion":
-            values = noise.add_diffusion_noise(
-                p.chosen.values, self.spec.diffusion_step, p.rng, self.spec.schedule
-            )
-            rejected = Pixels(values, p.chosen.size)
-        elif self.spec.strategy == "black":
-            rejected = Pixels(np.zeros_like(p.chosen.values), p.chosen.size)
-        record = self.records[p.position]
-        return Sample(
-            sample_id=str(record.id),
-            position=p.position,
-            image_path=record.image or "",
-            question=record.question,
-            rejected_question=self.records[p.context].question,
-            chosen=record.chosen,
-            rejected=record.rejected,
-            rejected_context_position=p.context,
-            chosen_pixels=p.chosen.values,
-            rejected_pixels=rejected.values,
-            chosen_size=p.chosen.size,
-            rejected_size=rejected.size,
-            rejected_image_position=p.other,
-        )
-
-    def sample(self, position: int) -> Any:
-        """One finished Sample (both halves on the calling thread)."""
-        return self.finish(self.prepare(position))
-
-    def random_image(self, position: int, rng: Any, attempts: int = 32) -> tuple[int, Any]:
-        """Another record's image: uniform draws (from the sample's generator) until one decodes."""
-        from mcmdpo import noise
-        from mcmdpo.data.records import BadRecord
-
-        for _ in range(attempts):
-            other = noise.other_index(rng, position, len(self.records))
-            try:
-                return other, self.load(other, count_mode=False)
-            except BadRecord:
-                continue
-        raise self.bad(position, "no_random_image", f"no usable image in {attempts} draws")
-
-
-def build_shard(
-    builder: ShardBuilder, positions: range, path: Path, attrs: dict[str, Any], log: Any
-) -> dict[str, Any]:
-    """Write the shard at ``path`` (a temporary name); return its report.
-
-    Decoding and preprocessing run on this thread; noise, float16 conversion and HDF5 writes on one
-    writer thread, so that the two overlap when the task has two cores.
-    """
-    from mcmdpo.data.records import BadRecord
-    from mcmdpo.data.shards import ShardWriter
-
-    slow = float(os.environ.get(SLOW_ENV, "0")) / 1000
-    pre, every = builder.pre, max(1, len(positions) // 10)
-    with (
-        _one_torch_thread(),
-        ShardWriter(
-            path,
-            capacity=len(positions),
-            max_patches=pre.max_patches,
-            patch_shape=pre.patch_shape,
-            dtype=builder.spec.dtype,
-            attrs=attrs,
-        ) as writer,
-    ):
-        started = time.time()
-        with Background(lambda p: writer.add(builder.finish(p))) as background:
-            for done, position in enumerate(positions, 1):
-                try:
-                    background.put(builder.prepare(position))
-                except BadRecord as exc:
-                    if builder.spec.on_bad_record == "fail":
-                        raise
-                    builder.report.skipped.append(exc.as_dict())
-                if slow:
-                    time.sleep(slow)
-                if done % every == 0:
-                    log.info(
-                        "%d/%d records (%.1f/s)",
-                        done,
-                        len(positions),
-                        done / max(time.time() - started, 1e-9),
-                    )
-        report = _report(builder, positions, writer.count)
-        writer.close({"num_skipped": len(report["skipped"]), "converted_modes": report["converted_modes"]})
-    return report
-
-
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """torch (used for the float16 cast) on one thread: its idle OpenMP workers otherwise spin."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-class Background:
-    """Runs ``fn(item)`` on one background thread, in order; its first error is re-raised here."""
-
-    _STOP = object()
-
-    def __init__(self, fn: Any, depth: int = 4):
-        self._fn, self._error = fn, None
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._thread = threading.Thread(target=self._loop, name="shard-writer", daemon=True)
-
-    def _loop(self) -> None:
-        while (item := self._queue.get()) is not self._STOP:
-            if self._error is None:
-                try:
-                    self._fn(item)
-                except BaseException as exc:  # handed to the main thread
-                    self._error = exc
-
-    def put(self, item: Any) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(item)
-
-    def __enter__(self) -> Background:
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if exc_type is not None:
-            self._error = self._error or RuntimeError("aborted")  # skip what is still queued
-        self._queue.put(self._STOP)
-        self._thread.join()
-        if exc_type is None and self._error is not None:
-            raise self._error
-
-
-def _report(builder: ShardBuilder, positions: range, kept: int) -> dict[str, Any]:
-    skipped = builder.report.skipped
-    return {
-        "positions": [positions.start, positions.stop],
-        "num_samples": kept,
-        "num_skipped": len(skipped),
-        "skipped_by_reason": dict(Counter(s["reason"] for s in skipped)),
-        "skipped": skipped,
-        "converted_modes": dict(builder.report.converted),
-    }
-
-
-# ---------------------------------------------------------------- the task
+    return handoff.precompute_shard_params(doc, spec.model_dump())
 
 
 def run_precompute(ctx: TaskContext) -> list[str]:
     """Build (or reuse) this task's shard and its report; return both file names."""
+    from mcmdpo.data.build import ShardBuilder, build_shard, provenance
     from mcmdpo.data.images import load_processor, processor_config
+    from mcmdpo.data.shards import shard_name, shard_range
+    from mcmdpo.noise import RejectedImages
 
     spec: PrecomputeSpec = ctx.spec
     shard, num_shards = int(ctx.params["shard"]), int(ctx.params["num_shards"])
@@ -426,98 +92,50 @@ def run_precompute(ctx: TaskContext) -> list[str]:
     final, report_path = ctx.out_dir / f"{name}.h5", ctx.out_dir / f"{name}.report.json"
     source = resolve_source(ctx, spec)
     processor = load_processor(resolve_processor_dir(ctx, spec))
-    seed = int(ctx.seed) + spec.seed_offset
-    attrs = provenance(ctx, spec, source, processor_config(processor), seed)
-    if _reusable(final, report_path, attrs["fingerprint"]):
+    rejected = RejectedImages.from_spec(spec, int(ctx.seed) + spec.seed_offset)
+    attrs = provenance(spec, ctx.params, ctx.recipe, source, processor_config(processor), rejected)
+    if reusable(ctx.work_dir, ctx.out_dir, attrs["fingerprint"]):
         ctx.log.info("%s is already complete; reusing it", final.name)
         report = read_json(report_path)
     else:
-        builder = ShardBuilder(spec, source, processor, seed)
+        builder = ShardBuilder(spec, source, processor, rejected)
         positions = shard_range(len(builder.records), shard, num_shards)
         attrs.update(num_source_records=len(builder.records), position_start=positions.start)
         attrs["position_stop"] = positions.stop
-        _remove_stale_temps(ctx.out_dir, final.name)
-        ctx.out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(final)
         with atomic_path(final) as tmp:
-            report = build_shard(builder, positions, tmp, attrs, ctx.log)
+            report = build_shard(builder, positions, tmp, attrs, ctx)
             report = {"shard": shard, "num_shards": num_shards, "fingerprint": attrs["fingerprint"], **report}
             write_json_atomic(report_path, report)
+        mark_complete(ctx.work_dir, attrs["fingerprint"], [final.name, report_path.name])
     ctx.summary.update(num_samples=report["num_samples"], num_skipped=report["num_skipped"])
     return [final.name, report_path.name]
 
 
-def provenance(
-    ctx: TaskContext, spec: PrecomputeSpec, source: Source, processor: dict[str, Any], seed: int
-) -> dict[str, Any]:
-    """File attributes of a shard; ``fingerprint`` hashes everything that changes its content."""
-    from mcmdpo import __version__, noise
-    from mcmdpo.data.shards import FORMAT
+def resolve_source(ctx: TaskContext, spec: PrecomputeSpec) -> Any:
+    """The split's file and image root, from the data stage (or the spec's own fields)."""
+    from mcmdpo.data.build import Source
 
-    content = {
-        "format": FORMAT,
-        "spec": spec.model_dump(mode="json"),
-        "params": dict(ctx.params),
-        "seed": seed,
-        "source_sha256": source.sha256,
-        "processor": processor,
-    }
-    return {
-        "fingerprint": content_hash(content, length=64),
-        "recipe_hash": content_hash(dict(ctx.recipe), length=64),
-        "spec": content["spec"],
-        "shard": int(ctx.params["shard"]),
-        "num_shards": int(ctx.params["num_shards"]),
-        "split": spec.split,
-        "mode": spec.mode,
-        "strategy": spec.strategy,
-        "schedule": spec.schedule,
-        "diffusion_step": spec.diffusion_step,
-        "step_index": noise.step_index(spec.diffusion_step),
-        "seed": seed,
-        "noise_key": (
-            "rng = numpy PCG64(SeedSequence([seed, *id_key, sha256(strategy)[:8], t or 0])); "
-            "eps = torch.randn(Generator().manual_seed(rng.integers(2**63 - 1)))"
-        ),
-        "rejected_context": "random.Random(position).randint(0, n - 1), redrawn while == position",
-        "processor_config": processor,
-        "source_file": str(source.file),
-        "source_format": source.format,
-        "source_sha256": source.sha256,
-        "image_root": str(source.images),
-        "package_versions": {"mcmdpo": __version__, **_versions()},
-    }
+    if ctx.inputs.get("data"):
+        return Source.from_split(handoff.split_source(ctx.inputs["data"][0], spec.split))
+    if not spec.data_file:
+        raise ConfigError("precompute needs a [data] stage in the recipe, or data_file + image_root")
+    return Source.from_file(spec.data_file, spec.image_root)
 
 
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+def resolve_processor_dir(ctx: TaskContext, spec: PrecomputeSpec) -> Path | None:
+    """The model stage's HF folder, else ``processor_path``, else None (the built-in processor).
 
-
-def _reusable(final: Path, report_path: Path, fingerprint: str) -> bool:
-    """A shard renamed into place (the task was killed before DONE) with the same fingerprint."""
-    if not (final.is_file() and report_path.is_file()):
-        return False
-    try:
-        import h5py
-
-        with h5py.File(final, "r") as f:
-            return (
-                f.attrs.get("fingerprint") == fingerprint
-                and read_json(report_path)["fingerprint"] == fingerprint
-            )
-    except (OSError, KeyError, ValueError):
-        return False
-
-
-def _remove_stale_temps(folder: Path, name: str) -> None:
-    """Hidden temp files of earlier, killed attempts at this shard (``.<name>.<pid>.tmp``)."""
-    for tmp in folder.glob(f".{name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
+    A model stage that declares a different image ``mode`` gets a warning (the weights work in both
+    modes, but the training stages should use the mode the shards were made in).
+    """
+    tasks = ctx.inputs.get("model")
+    if not tasks:
+        return Path(spec.processor_path) if spec.processor_path else None
+    mode = handoff.declared_mode(ctx)
+    if mode is not None and mode != spec.mode:
+        ctx.log.warning("precompute.mode = %r but the model stage declares mode %r", spec.mode, mode)
+    return handoff.model_dir(tasks[0])
 
 
 STAGE = register(

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from mcmdpo import handoff
 from mcmdpo.stage import Stage, TaskContext, register
 from mcmdpo.train.spec import SftSpec
 
 
 def run_sft(ctx: TaskContext) -> list[str]:
     """Fine-tune the base model on the chosen answers; export ``model/``."""
-    from mcmdpo.train.loop import init_model_dir, run_training
+    from mcmdpo.train.loop import run_training
     from mcmdpo.train.objectives import SftObjective
 
     spec: SftSpec = ctx.spec
-    init = init_model_dir(ctx, prefer=("model",))
+    init = handoff.init_model_dir(ctx, prefer=("model",))
 
     def objective(source: Any, model: Any, processor: Any) -> SftObjective:
         pad = model.config.text_config.pad_token_id

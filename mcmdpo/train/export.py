@@ -9,8 +9,6 @@ and renamed into place.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +38,10 @@ def write_folder(
     model: Any, processor: Any, state: dict[str, Any] | None, final: Path, use_cache: Any
 ) -> None:
     """``save_pretrained`` into a hidden temp folder next to ``final``, then rename it to ``final``."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    from mcmdpo.resumable import atomic_dir
+
     if use_cache is not None:  # training turned the KV cache off (gradient checkpointing)
         model.config.text_config.use_cache = use_cache
-    model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-    processor.save_pretrained(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        processor.save_pretrained(tmp)

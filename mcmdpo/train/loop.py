@@ -15,17 +15,15 @@ Files of a training task::
     <task>/tensorboard/         with tensorboard = true                           [output]
     <task>/.work/checkpoints/step-NNNNNNN/   see mcmdpo.train.checkpoint
     <task>/.work/metrics.jsonl  the live metrics file
-    <task>/.work/export.json    written after the export: a restart only returns the outputs
+    <task>/.work/complete.json  written after the export: a restart only returns the outputs
 
-Test hook: ``MCMDPO_TEST_TRAIN_SLEEP_MS`` (environment) sleeps that long after every step of a run
-that has not been resumed yet (outside the timed part; a stop request ends the sleep), so tests can
-stretch a first attempt across a time limit without burning CPU.
+The test pause (:func:`mcmdpo.resumable.pause_for_tests`) runs after every step of a task's first
+attempt (outside the timed part), so tests can stretch it across a time limit without burning CPU.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -35,8 +33,11 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 
-from mcmdpo.artifacts import read_json, write_json_atomic
+from mcmdpo.artifacts import write_json_atomic
 from mcmdpo.data.shards import PreferenceShards
+from mcmdpo.errors import ConfigError, StateError
+from mcmdpo.handoff import check_geometry
+from mcmdpo.resumable import copy_atomic, mark_complete, pause_for_tests, reusable
 from mcmdpo.stage import TaskContext
 from mcmdpo.train import checkpoint
 from mcmdpo.train.batches import DataOrder, Prefetcher
@@ -51,8 +52,6 @@ METRICS = "metrics.jsonl"
 SUMMARY = "train.json"
 MODEL_DIR = "model"
 TENSORBOARD = "tensorboard"
-EXPORTED = "export.json"
-SLEEP_ENV = "MCMDPO_TEST_TRAIN_SLEEP_MS"
 
 
 class Objective(Protocol):
@@ -68,7 +67,7 @@ class Objective(Protocol):
 ObjectiveFactory = Callable[[SampleSource, Any, Any], Objective]
 
 
-class IncompatibleCheckpoint(RuntimeError):
+class IncompatibleCheckpoint(StateError):
     """A checkpoint written under other settings (world size, model shapes, data)."""
 
 
@@ -120,7 +119,8 @@ def setup(ctx: TaskContext, spec: TrainSpec, init_dir: Path, build_objective: Ob
     seed_everything(seed, rank)
     shards = open_shards(ctx)
     policy = load_policy(init_dir, spec, str(shards.readers[0].attrs.get("mode", "pad")))
-    check_geometry(policy.processor, shards)
+    reader = shards.readers[0]
+    check_geometry(policy.processor, reader.attrs.get("patch_shape"), reader.path, "the training model")
     source = SampleSource(shards, policy.processor, policy.mode)
     objective = build_objective(source, policy.model, policy.processor)
     order = DataOrder(min(len(shards), spec.max_samples or len(shards)), layout, seed)
@@ -130,24 +130,10 @@ def setup(ctx: TaskContext, spec: TrainSpec, init_dir: Path, build_objective: Ob
     return Trainer(ctx, spec, engine, objective, order, total, policy)
 
 
-def init_model_dir(ctx: TaskContext, prefer: Sequence[str]) -> Path:
-    """The HF folder training starts from (first of ``prefer`` in the recipe), checked to exist."""
-    from mcmdpo.stages.model import upstream_model
-
-    folder = upstream_model(ctx, prefer=prefer)
-    if not (folder / "config.json").is_file():
-        stage = next(s for s in prefer if ctx.inputs.get(s))
-        raise FileNotFoundError(
-            f"{ctx.stage}: the {stage} output {folder} has no config.json (deleted or never written); "
-            f"re-run that stage: delete {ctx.inputs[stage][0].dir / 'DONE'} and submit again"
-        )
-    return folder
-
-
 def open_shards(ctx: TaskContext) -> PreferenceShards:
     tasks = ctx.inputs.get("precompute")
     if not tasks:
-        raise ValueError(
+        raise ConfigError(
             f"stage {ctx.stage} needs a [precompute] section: it trains on the precomputed shards"
         )
     return PreferenceShards.from_inputs(tasks)
@@ -184,19 +170,6 @@ def load_policy(init_dir: Path, spec: TrainSpec, mode: str) -> Policy:
     return Policy(model, processor, mode, use_cache, shapes)
 
 
-def check_geometry(processor: Any, shards: PreferenceShards) -> None:
-    """The shards' pixel tensors must have the crop size of the training model's processor."""
-    from mcmdpo.model.images import crop_side
-
-    patch = shards.readers[0].attrs.get("patch_shape")
-    side = crop_side(processor)
-    if patch is not None and int(list(patch)[-1]) != side:
-        raise ValueError(
-            f"{shards.readers[0].path}: pixel tensors are {int(list(patch)[-1])}px but the model's processor "
-            f"expects {side}px crops; precompute with this model's processor (a [model] stage in the recipe)"
-        )
-
-
 def set_cpu_threads(world: int) -> None:
     """On CPU, give each rank of this node an equal share of the cores, set explicitly.
 
@@ -212,14 +185,11 @@ def set_cpu_threads(world: int) -> None:
 
 def exported_outputs(ctx: TaskContext) -> list[str] | None:
     """The outputs of an earlier attempt that exported everything but died before DONE."""
-    marker = ctx.work_dir / EXPORTED
-    if not marker.is_file():
+    record = reusable(ctx.work_dir, ctx.out_dir, ctx.task_id)
+    if record is None:
         return None
-    info = read_json(marker)
-    if not all((ctx.out_dir / name).exists() for name in info["outputs"]):
-        return None
-    ctx.summary.update(info.get("summary", {}))
-    return list(info["outputs"])
+    ctx.summary.update(record.get("summary", {}))
+    return list(record["outputs"])
 
 
 # ----------------------------------------------------------------------------------------- trainer
@@ -330,17 +300,8 @@ class Trainer:
         times.step_s = time.perf_counter() - started
         self.counters.train_time_s += times.step_s
         self.record = self._record(totals, lr, times)
-        self._test_sleep()
-
-    def _test_sleep(self) -> None:
-        """Test hook (``MCMDPO_TEST_TRAIN_SLEEP_MS``): stretch the first attempt across a time limit.
-
-        Sleeps after each step until the run has been resumed once; wakes early on a stop request.
-        """
-        ms = float(os.environ.get(SLEEP_ENV, "0"))
-        until = time.time() + ms / 1000
-        while self.counters.resumes == 0 and time.time() < until and not self.ctx.should_checkpoint():
-            time.sleep(0.05)
+        if self.counters.resumes == 0:
+            pause_for_tests(self.ctx)
 
     def _micro(self, batch: Any, times: StepTimes) -> MicroResult:
         started = time.perf_counter()
@@ -478,7 +439,7 @@ class Trainer:
                 "precision": self.spec.precision,
             },
         )
-        write_json_atomic(work / EXPORTED, {"outputs": outputs, "summary": summary})
+        mark_complete(work, self.ctx.task_id, outputs, summary)
         if not self.spec.keep_checkpoints:
             checkpoint.remove_all(self.root)
 
@@ -520,9 +481,3 @@ def shape_differences(
     if len(diffs) > limit:
         lines.append(f"... {len(diffs) - limit} more parameters differ (a different model shape)")
     return lines
-
-
-def copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    shutil.copyfile(src if src.exists() else os.devnull, tmp)
-    os.replace(tmp, dst)

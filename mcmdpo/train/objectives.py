@@ -10,30 +10,27 @@ An objective has two halves, so that data work overlaps compute (see ``batches.P
 SFT uses (question, chosen alt-text) with the chosen image m_w: the Vicuna v1 conversation, loss
 on the answer tokens only (EOS included), token mean per micro-batch (as the HF Trainer does).
 
-Preference training scores the conditions its loss needs (``needed_conditions``) with the shared
-(default) or naive log-prob engine, takes the reference log-probs from the ``reference`` stage's
-``logprobs.h5`` (offline) or from a frozen copy of the initial policy (online), and applies
-``mcmdpo.losses``. Token sequences are built exactly as the reference stage builds them
-(``mcmdpo.stages.reference.preference_tokens``), so the policy and the offline reference agree
-before the first update.
+Preference training scores the conditions its loss needs (``PreferenceLoss.conditions``) with the
+shared (default) or naive log-prob engine, takes the reference log-probs from the ``reference``
+stage's ``logprobs.h5`` (offline) or from a frozen copy of the initial policy (online), and applies
+:class:`mcmdpo.losses.PreferenceLoss`. Token sequences come from
+:meth:`mcmdpo.samples.SampleSource.preference_tokens`, the same path the reference stage uses, so
+the policy and the offline reference agree before the first update.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mcmdpo.data.shards import PreferenceShards
-from mcmdpo.losses import CHOSEN, CONDITIONS, TERMS, LossResult, resolve_weights
-from mcmdpo.model.images import crop_side, encode_images, image_encoder_outputs, num_image_tokens
-from mcmdpo.model.template import PromptPieces, encode_answer, encode_context, encode_prefix
-from mcmdpo.train.spec import LossSpec
+from mcmdpo.losses import CHOSEN, PreferenceLoss
+from mcmdpo.model.images import encode_images, image_encoder_outputs
+from mcmdpo.samples import SampleSource
 
 IGNORE_INDEX = -100
 
@@ -46,41 +43,6 @@ class MicroResult:
     sums: dict[str, float]
     samples: int
     tokens: int
-
-
-class SampleSource:
-    """Texts (from the shards' metadata) and pixel tensors of precompute samples by global index."""
-
-    def __init__(self, shards: PreferenceShards, processor: Any, mode: str):
-        self.shards, self.processor, self.mode = shards, processor, mode
-        self.tokenizer = processor.tokenizer
-        self.side = crop_side(processor)
-
-    def text(self, index: int, field: str) -> str:
-        shard, local = self.shards.locate(int(index))
-        return str(self.shards.readers[shard].meta[field][local])
-
-    def sample_id(self, index: int) -> str:
-        return self.text(index, "ids")
-
-    def image(self, index: int, side: str) -> tuple[torch.Tensor, tuple[int, int], int]:
-        """Pixels ``[P, 3, S, S]`` (float32), the size the model needs, and the placeholder count."""
-        shard, local = self.shards.locate(int(index))
-        reader = self.shards.readers[shard]
-        pixels = torch.from_numpy(np.ascontiguousarray(reader.pixels(side, local))).float()
-        size = self._model_size(reader.meta[f"{side}_image_sizes"][local])
-        return pixels, size, num_image_tokens(self.processor, self.mode, size)  # type: ignore[arg-type]
-
-    def image_tokens(self, index: int, side: str) -> int:
-        shard, local = self.shards.locate(int(index))
-        size = self._model_size(self.shards.readers[shard].meta[f"{side}_image_sizes"][local])
-        return num_image_tokens(self.processor, self.mode, size)  # type: ignore[arg-type]
-
-    def _model_size(self, stored: Any) -> tuple[int, int]:
-        # pad: the square crop the model sees; anyres: the original (h, w) (as preprocess_image returns)
-        if self.mode == "pad":
-            return (self.side, self.side)
-        return (int(stored[0]), int(stored[1]))
 
 
 # ---------------------------------------------------------------------------------------------- SFT
@@ -105,25 +67,13 @@ class SftObjective:
     def __init__(self, source: SampleSource, max_length: int, pad_id: int, image_token_id: int):
         self.source, self.max_length = source, max_length
         self.pad_id, self.image_token_id = pad_id, image_token_id
-        self._pieces: dict[int, PromptPieces] = {}
 
     def prepare(self, indices: Sequence[int]) -> None:
         """Nothing up front: samples are tokenised on first use and right-truncated to max_length."""
 
-    def pieces(self, index: int) -> PromptPieces:
-        if index not in self._pieces:
-            tok, src = self.source.tokenizer, self.source
-            self._pieces[index] = PromptPieces(
-                prefix_ids=tuple(encode_prefix(tok)),
-                num_image_tokens=src.image_tokens(index, "chosen"),
-                context_ids=tuple(encode_context(tok, src.text(index, "question"))),
-                answer_ids=tuple(encode_answer(tok, src.text(index, "chosen"))),
-            )
-        return self._pieces[index]
-
     def row(self, index: int) -> tuple[list[int], list[int]]:
         """Input ids and answer-only labels, right-truncated to ``max_length``."""
-        pieces = self.pieces(index)
+        pieces = self.source.sft_pieces(index)
         ids, labels = pieces.input_ids(self.image_token_id), pieces.labels(self.image_token_id)
         prompt = len(ids) - len(pieces.answer_ids)
         if prompt >= self.max_length:
@@ -144,7 +94,7 @@ class SftObjective:
             input_ids[b, : len(ids)] = torch.tensor(ids)
             labels[b, : len(lab)] = torch.tensor(lab)
             mask[b, : len(ids)] = 1
-        full = [len(self.pieces(int(i)).input_ids(self.image_token_id)) for i in indices]
+        full = [len(self.source.sft_pieces(int(i)).input_ids(self.image_token_id)) for i in indices]
         return SftBatch(
             input_ids=input_ids,
             attention_mask=None if bool(mask.all()) else mask,
@@ -173,64 +123,6 @@ class SftObjective:
 
 
 # ----------------------------------------------------------------------------------------- preference
-
-
-def needed_conditions(loss: LossSpec) -> tuple[str, ...]:
-    """Conditions the loss reads (plus ``mw_cw_yl`` for the reported rejected reward), canonical order."""
-    if loss.kind == "dpo":
-        names = {CHOSEN, TERMS["rpo"]}
-    elif loss.kind == "mdpo":
-        names = {CHOSEN, TERMS["rpo"], TERMS["vpo"]}
-    else:
-        active = resolve_weights(
-            loss.weights, lambda_=loss.lambda_, alpha=loss.alpha, gamma=loss.gamma, drop=loss.drop
-        )
-        names = {CHOSEN, TERMS["rpo"], *(TERMS[t] for t in active)}
-    return tuple(c for c in CONDITIONS if c in names)
-
-
-def loss_function(
-    loss: LossSpec,
-) -> Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], LossResult]:
-    """``f(policy, reference) -> LossResult`` for the recipe's ``[preference.loss]``."""
-    from mcmdpo import losses
-
-    if loss.kind == "dpo":
-        return partial(losses.dpo_loss, beta=loss.beta)
-    if loss.kind == "mdpo":
-        return partial(
-            losses.mdpo_loss,
-            beta=loss.beta,
-            image_weight=loss.image_weight,
-            anchor_weight=loss.anchor_weight,
-            anchor_delta=loss.anchor_delta,
-        )
-    return partial(
-        losses.mcmdpo_loss,
-        beta=loss.beta,
-        weights=dict(loss.weights),
-        lambda_=loss.lambda_,
-        alpha=loss.alpha,
-        gamma=loss.gamma,
-        form=loss.form,
-        drop=tuple(loss.drop),
-    )
-
-
-def metric_names(fn: Callable[..., LossResult], conditions: Sequence[str]) -> tuple[str, ...]:
-    """The metric keys ``fn`` reports (from a one-sample dry run)."""
-    zeros = {c: torch.zeros(1, dtype=torch.float64) for c in conditions}
-    return tuple(sorted(fn(zeros, zeros).metrics))
-
-
-@dataclass(frozen=True)
-class TextTokens:
-    """Token ids of one preference sample's texts (everything but the images)."""
-
-    context_w: tuple[int, ...]
-    context_l: tuple[int, ...]
-    answer_w: tuple[int, ...]
-    answer_l: tuple[int, ...]
 
 
 @dataclass
@@ -282,39 +174,15 @@ class PreferenceObjective:
     def __init__(
         self,
         source: SampleSource,
-        loss: LossSpec,
+        loss: PreferenceLoss,
         reference: OfflineReference | OnlineReference,
         engine: str,
         max_length: int,
     ):
         self.source, self.reference, self.engine, self.max_length = source, reference, engine, max_length
-        self.conditions = needed_conditions(loss)
-        self.loss_fn = loss_function(loss)
-        self.metric_names = metric_names(self.loss_fn, self.conditions)
-        self.prefix = tuple(encode_prefix(source.tokenizer))
-        self._texts: dict[int, TextTokens] = {}
-
-    def texts(self, index: int) -> TextTokens:
-        if index not in self._texts:
-            tok, src = self.source.tokenizer, self.source
-            self._texts[index] = TextTokens(
-                context_w=tuple(encode_context(tok, src.text(index, "question"))),
-                context_l=tuple(encode_context(tok, src.text(index, "rejected_question"))),
-                answer_w=tuple(encode_answer(tok, src.text(index, "chosen"))),
-                answer_l=tuple(encode_answer(tok, src.text(index, "rejected"))),
-            )
-        return self._texts[index]
-
-    def longest(self, index: int) -> int:
-        """Length of the longest condition sequence of a sample (image placeholders included)."""
-        t = self.texts(index)
-        image = max(self.source.image_tokens(index, "chosen"), self.source.image_tokens(index, "rejected"))
-        return (
-            len(self.prefix)
-            + image
-            + max(map(len, (t.context_w, t.context_l)))
-            + max(map(len, (t.answer_w, t.answer_l)))
-        )
+        self.loss_fn = loss
+        self.conditions = loss.conditions
+        self.metric_names = loss.metric_names
 
     def prepare(self, indices: Sequence[int]) -> None:
         self.check_lengths(indices)
@@ -324,7 +192,8 @@ class PreferenceObjective:
 
         No truncation: the offline reference log-probs are sums over the full answers.
         """
-        too_long = [(int(i), n) for i in indices if (n := self.longest(int(i))) > self.max_length]
+        longest = self.source.longest
+        too_long = [(int(i), n) for i in indices if (n := longest(int(i))) > self.max_length]
         if too_long:
             worst = max(too_long, key=lambda x: x[1])
             raise ValueError(
@@ -332,26 +201,6 @@ class PreferenceObjective:
                 f"{self.max_length} (longest: sample {self.source.sample_id(worst[0])}, {worst[1]} tokens); "
                 "raise max_length"
             )
-
-    def sample_tokens(self, index: int) -> Any:
-        from mcmdpo.logprobs import PreferenceTokens
-
-        t = self.texts(index)
-        pix_w, size_w, n_w = self.source.image(index, "chosen")
-        pix_l, size_l, n_l = self.source.image(index, "rejected")
-        return PreferenceTokens(
-            prefix=self.prefix,
-            context_w=t.context_w,
-            context_l=t.context_l,
-            answer_w=t.answer_w,
-            answer_l=t.answer_l,
-            pixels_w=pix_w,
-            pixels_l=pix_l,
-            image_size_w=size_w,
-            image_size_l=size_l,
-            image_tokens_w=n_w,
-            image_tokens_l=n_l,
-        )
 
     def sequence_tokens(self, sample: Any) -> int:
         """Tokens of the sample's condition sequences as the naive engine lays them out."""
@@ -363,7 +212,7 @@ class PreferenceObjective:
         return total
 
     def load(self, indices: Sequence[int]) -> PreferenceBatch:
-        tokens = [self.sample_tokens(int(i)) for i in indices]
+        tokens = [self.source.preference_tokens(int(i)) for i in indices]
         index_array = np.asarray(indices, dtype=np.int64)
         reference = None if self.reference.online else self.reference.lookup(index_array)
         return PreferenceBatch(index_array, tokens, reference, sum(map(self.sequence_tokens, tokens)))

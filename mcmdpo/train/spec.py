@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
+from mcmdpo.conditions import ABLATIONS, Term, ablation_key
 from mcmdpo.stage import StageSpec
 
 # DeepSpeed keys the recipe sets through its own fields (one source of truth for each value).
@@ -26,11 +27,8 @@ MANAGED_DS_KEYS: dict[str, str] = {
     "scheduler": "schedule / warmup_ratio",
 }
 
-# The names of mcmdpo.losses.TERMS and ABLATIONS, repeated because this module must not import torch
-# (a test checks that they agree).
-Term = Literal["rpo", "vpo", "cpo", "vrpo", "crpo", "vcpo", "mtppo"]
 TERM_NAMES: tuple[str, ...] = get_args(Term)
-ABLATION_NAMES: tuple[str, ...] = ("single", "pair", "multi", "pair+cpo")
+ABLATION_NAMES: tuple[str, ...] = tuple(ABLATIONS)
 
 
 def _default_deepspeed() -> dict[str, Any]:
@@ -198,8 +196,7 @@ class LossSpec(StageSpec):
     def _check_drop(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         valid = (*ABLATION_NAMES, *TERM_NAMES)
         for name in value:
-            key = name.lower().replace(" ", "").replace("-", "")
-            if key not in valid:
+            if ablation_key(name) not in valid:
                 raise ValueError(f"unknown group or term {name!r} (valid: {', '.join(valid)})")
         return value
 

@@ -1,0 +1,57 @@
+"""The one base class of every recipe spec: frozen, unknown keys are errors.
+
+Stage sections (``[precompute]``), their sub-tables (``[eval.objhal]``) and the specs that components own
+(``JudgeSpec`` in :mod:`mcmdpo.metrics.judge`, ``NltkSpec`` in :mod:`mcmdpo.metrics.nlp`) all derive
+from :class:`Spec`, so a misspelled key anywhere reads the same ("unknown key; did you mean ...").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Spec(BaseModel):
+    """A frozen pydantic model that forbids unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def existing_path(value: str, kind: str = "file", contains: str | None = None, hint: str = "") -> str:
+    """``value`` resolved to an absolute path that exists (a ``file`` or a ``dir``), for validators.
+
+    Raises a pydantic error whose message becomes ``recipe.toml:LINE: section.key: ...``, so a bad
+    path fails when the recipe is validated, not in a job hours later. Relative paths start at the
+    directory ``mcmdpo submit`` runs in. ``contains`` names a file the folder must hold.
+    """
+    from pydantic_core import PydanticCustomError
+
+    path = Path(value).expanduser().absolute()
+    found = path.is_file() if kind == "file" else path.is_dir()
+    if not found:
+        what = "file" if kind == "file" else "folder"
+        raise PydanticCustomError(
+            "path_missing", f"{what} does not exist: {path} (relative paths start at the submit directory)"
+        )
+    if contains and not (path / contains).is_file():
+        raise PydanticCustomError("path_incomplete", f"no {contains} in the folder {path}{hint}")
+    return str(path)
+
+
+def reject_moved(data: Any, moved: Mapping[str, Iterable[str]], target: str) -> Any:
+    """A ``mode="before"`` validator body: refuse keys that moved to another section, saying where.
+
+    ``moved`` maps a sub-table name ("" for the section itself) to the keys that left it.
+    """
+    if not isinstance(data, dict):
+        return data
+    found = []
+    for table, keys in moved.items():
+        sub = data if not table else data.get(table)
+        found += [f"{table}.{k}" if table else k for k in keys if isinstance(sub, dict) and k in sub]
+    if found:
+        raise ValueError(f"{', '.join(found)} moved to the [{target}] section")
+    return data
