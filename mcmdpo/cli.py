@@ -131,6 +131,7 @@ def report(
 ) -> None:
     """Tables (results.csv, table.md, table.tex) and figures of finished scores, with bootstrap intervals."""
     from pydantic import ValidationError
+    from rich.markup import escape
 
     from mcmdpo.report.outputs import comparison_table, report_runs
 
@@ -138,10 +139,10 @@ def report(
         result = report_runs(run_dirs, out_dir, layout, paper, compare)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        err.print(f"[red]error:[/red] report: {problems}", highlight=False)
+        err.print(f"[red]error:[/red] report: {escape(problems)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except (OSError, ValueError) as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     if out_dir is None:
         sys.stdout.write(result.markdown)

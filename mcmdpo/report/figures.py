@@ -36,6 +36,22 @@ UNITS = {
 }
 
 
+TITLES = {
+    ("objhal", "response_level"): "response-level hallucination",
+    ("objhal", "mention_level"): "mention-level hallucination (CHAIR-i)",
+    ("objhal", "response_level_all"): "responses with hallucination (CHAIR-s)",
+    ("mmhal", "score"): "judge score",
+    ("mmhal", "hallucination_rate"): "hallucination rate",
+    ("amber", "hal"): "Hal (responses with hallucination)",
+    ("amber", "cog"): "Cog (hallucination-prone objects)",
+}
+
+
+def title(column: Column) -> str:
+    """A panel title: the metric's table header, spelled out where the header is an abbreviation."""
+    return TITLES.get((column.metric.kind, column.metric.name), column.header)
+
+
 def unit(column: Column) -> str:
     """Axis label of a column's values."""
     kind, name = column.metric.kind, column.metric.name
@@ -89,7 +105,8 @@ def bar_figure(table: ResultTable, group: ColumnGroup, path: Path) -> Path:
                 low, high = _error(row, column)
                 ax.bar(i, row.cells[column.key].mean, color=colors[i], yerr=[[low], [high]], capsize=3,
                        label=row.label, edgecolor="black", linewidth=0.5)  # fmt: skip
-        ax.set_title(f"{column.header} ({'higher' if column.metric.higher_is_better else 'lower'} is better)")
+        better = "higher" if column.metric.higher_is_better else "lower"
+        ax.set_title(f"{title(column)}\n({better} is better)", fontsize="medium")
         ax.set_ylabel(unit(column))
         ax.set_xticks([])
         ax.grid(axis="y", alpha=0.3)
@@ -125,7 +142,7 @@ def sweep_figure(table: ResultTable, key: str, path: Path) -> Path:
         series.setdefault(f"{row.model}, {other}" if other else row.model, []).append(row)
     flat = [r for r in rows if key not in r.files[0].point]
     columns = table.columns
-    titles = {c.key: f"{g.title} {c.header}" for g in table.groups for c in g.columns}
+    titles = {c.key: f"{g.title}: {title(c)}" for g in table.groups for c in g.columns}
     ncols = min(4, len(columns))
     fig, axes = _figure(ncols, math.ceil(len(columns) / ncols))
     colors = _colors(len(series) + len(flat))

@@ -19,7 +19,7 @@ import io
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,53 +95,67 @@ def compute_results(collection: Collection, config: BootstrapConfig = BootstrapC
     for file in collection.files:
         samples = file.samples() if config.resamples > 0 else []
         for protocol in protocols(file.doc):
-            for metric in metric_defs(file.kind, protocol):
-                result = file_result(file, metric, samples, config)
-                if result is not None:
-                    results.append(result)
+            results += file_results(file, metric_defs(file.kind, protocol), samples, config)
     return results
 
 
-def file_result(
-    file: MetricsFile, metric: MetricDef, samples: Sequence[Mapping[str, Any]], config: BootstrapConfig
-) -> Result | None:
-    """The metric's reported value and interval; None when the metrics JSON has no value for it."""
-    value = metric.value(file.doc)
-    if value is None or not math.isfinite(value):
-        return None
-    n = len(samples) or int(_num_samples(file.doc, metric))
-    if config.resamples == 0:
-        return Result(file, metric, value, math.nan, math.nan, n, "intervals off (resamples = 0)")
-    if not samples:
-        return Result(
-            file, metric, value, math.nan, math.nan, n, f"no per-item scores next to {file.path.name}"
-        )
-    low, high, note = interval(file, metric, samples, value, config)
-    return Result(file, metric, value, low, high, len(samples), note)
+def file_results(
+    file: MetricsFile,
+    metrics: Sequence[MetricDef],
+    samples: Sequence[Mapping[str, Any]],
+    config: BootstrapConfig,
+) -> list[Result]:
+    """The metrics' reported values and intervals (metrics without a value in the file are left out).
+
+    Each statistic must first reproduce the reported value from the per-item rows; the intervals of
+    all metrics of the file come from one set of resamples (one matrix product).
+    """
+    from mcmdpo.report.stats import bootstrap_intervals
+
+    out, todo = [], []
+    for metric in metrics:
+        value = metric.value(file.doc)
+        if value is None or not math.isfinite(value):
+            continue
+        columns, note = _checked_columns(file, metric, samples, value, config)
+        n = len(samples) or _num_samples(file.doc, metric)
+        out.append(Result(file, metric, value, math.nan, math.nan, n, note))
+        if columns is not None:
+            todo.append((len(out) - 1, columns))
+    reducers = [out[i].metric.reduce for i, _ in todo]
+    bounds = bootstrap_intervals(
+        [c for _, c in todo], reducers, config.resamples, config.seed, config.confidence
+    )
+    for (i, _), (low, high) in zip(todo, bounds, strict=True):
+        # the reported value can sit just outside a percentile interval (rounded values, tiny test sets)
+        out[i] = replace(out[i], ci_low=min(low, out[i].value), ci_high=max(high, out[i].value))
+    return out
 
 
-def interval(
+def _checked_columns(
     file: MetricsFile,
     metric: MetricDef,
     samples: Sequence[Mapping[str, Any]],
     value: float,
     config: BootstrapConfig,
-) -> tuple[float, float, str | None]:
-    """Bootstrap interval of the metric's statistic; checked to reproduce the reported value first."""
-    from mcmdpo.report.stats import bootstrap_interval, point_value
+) -> tuple[Any, str | None]:
+    """The metric's per-item columns, or None and why no interval can be computed."""
+    from mcmdpo.report.stats import point_value
 
+    if config.resamples == 0:
+        return None, "intervals off (resamples = 0)"
+    if not samples:
+        return None, f"no per-item scores next to {file.path.name}"
     try:
         columns = metric.columns(samples, file.doc)
     except (KeyError, TypeError, ValueError) as exc:
-        return math.nan, math.nan, f"per-item scores lack {exc} (needed for {metric.statistic})"
+        return None, f"per-item scores lack {exc} (needed for {metric.statistic})"
     full = point_value(columns, metric.reduce)
     expected = metric.unrounded(file.doc)
     expected = value if expected is None else expected
     if not math.isclose(full, expected, rel_tol=1e-6, abs_tol=1e-9 + metric.tolerance):
-        return math.nan, math.nan, f"per-item scores give {full:.6g}, the file says {expected:.6g}"
-    low, high = bootstrap_interval(columns, metric.reduce, config.resamples, config.seed, config.confidence)
-    # the reported value can sit just outside a percentile interval (rounded values, tiny test sets)
-    return min(low, value), max(high, value), None
+        return None, f"per-item scores give {full:.6g}, the file says {expected:.6g}"
+    return columns, None
 
 
 def _num_samples(doc: Mapping[str, Any], metric: MetricDef) -> int:

@@ -10,7 +10,7 @@ item was drawn, summing to n), so the sums of all resamples are one matrix produ
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -62,6 +62,28 @@ def bootstrap_interval(
     if columns.shape[0] == 0 or resamples == 0:
         return (float("nan"), float("nan"))
     return percentile_interval(resampled_values(columns, reduce, resamples, seed), confidence)
+
+
+def bootstrap_intervals(
+    columns: Sequence[np.ndarray],
+    reducers: Sequence[Reducer],
+    resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> list[tuple[float, float]]:
+    """:func:`bootstrap_interval` of several statistics on the same items with one matrix product
+    (the draw counts are read once for all of them, not once per statistic)."""
+    if not columns:
+        return []
+    n = columns[0].shape[0]
+    if n == 0 or resamples == 0:
+        return [(float("nan"), float("nan"))] * len(columns)
+    sums = resample_counts(n, resamples, seed) @ np.concatenate(columns, axis=1)
+    bounds = np.cumsum([0, *(c.shape[1] for c in columns)])
+    return [
+        percentile_interval(reduce(sums[:, lo:hi]), confidence)
+        for reduce, lo, hi in zip(reducers, bounds[:-1], bounds[1:], strict=True)
+    ]
 
 
 def paired_p_value(

@@ -174,7 +174,7 @@ def table_notes(
 ) -> list[str]:
     """Notes under the table: marking rule, seeds, intervals, deviations, judge, limits, paper source."""
     notes = ["Bold: best per column (higher is better, except rates/CHAIR/Hal/Cog: lower); ties all bold."]
-    multi = [r for r in rows if r.kind == "result" and len(r.files) > 1]
+    multi = [r for r in rows if r.kind == "result" and any(len(c.values) > 1 for c in r.cells.values())]
     if multi:
         notes.append(
             "mean ± std (sample std) over seeds: " + "; ".join(f"{r.label}: seeds {r.seeds}" for r in multi)
