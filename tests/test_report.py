@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bench.report import make_run
+from bench.report import BENCHMARKS, make_run
 from mcmdpo.report.collect import MetricsFile, TrainingLog, collect
 from mcmdpo.report.compare import compare_files
 from mcmdpo.report.estimators import corpus_bleu, corpus_meteor, find_metric, metric_defs
@@ -252,13 +252,18 @@ def test_latex_compiles_standalone(tmp_path):
         TableRow("+MCM-DPO (paper)", "p", "paper", {up.key: Cell((14.48,))}),
         TableRow("Δ vs paper", "d", "delta", {up.key: Cell((-1.2,))}),
     ]
-    (tmp_path / "table.tex").write_text(render_latex(table_of(rows, [up])))
-    cmd = ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "table.tex"]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout[-2000:]
-    assert (tmp_path / "table.pdf").stat().st_size > 1000 and "booktabs.sty" in (
-        tmp_path / "table.log"
-    ).read_text()
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "table.tex").write_text(render_latex(table_of(rows, [up])))
+    # a wide one: 24 columns, reference and delta rows, notes with underscores
+    run = make_run(tmp_path, [("sft", {}), ("preference", {})], list(BENCHMARKS), 30)
+    write_report([run], tmp_path / "wide", ReportSpec(resamples=50, figures=False, paper=True))
+    for folder in (tmp_path / "small", tmp_path / "wide"):
+        cmd = ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "table.tex"]
+        done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout[-2000:]
+        log = (folder / "table.log").read_text()
+        assert (folder / "table.pdf").stat().st_size > 1000 and "booktabs.sty" in log
+        assert "Overfull \\hbox" not in log, "the table is wider than its page"
 
 
 def test_labels_from_sweep_points():

@@ -114,10 +114,10 @@ def _sortable(value: Any) -> tuple[int, Any]:
 
 
 def _result_rows(results: Sequence[Result], labels: Mapping[str, str]) -> list[TableRow]:
-    by_group: dict[tuple[str, ...], list[Result]] = {}
+    by_group: dict[str, list[Result]] = {}  # rows of seeds share a group
     runs = list(dict.fromkeys(r.file.run for r in results))
     for r in results:
-        by_group.setdefault((r.file.group,), []).append(r)
+        by_group.setdefault(r.file.group, []).append(r)
     rows = [_row(group) for group in by_group.values()]
     rows.sort(key=lambda row: (runs.index(row.files[0].run), _row_order(row.files[0])))
     for row in rows:
@@ -273,29 +273,36 @@ def render_latex(table: ResultTable) -> str:
         label = latex_escape(row.label)
         body.append(" & ".join([label if row.kind == "result" else rf"\textit{{{label}}}", *cells]) + r" \\")
     notes = "\n".join(rf"\item {latex_escape(n)}" for n in table.notes)
-    wide = len(table.columns) > 8
+    width = _page_width(table)
     return LATEX_TEMPLATE % {
         "spec": spec,
         "body": "\n".join(body),
         "notes": notes or r"\item (none)",
-        "open": r"\resizebox{\textwidth}{!}{%" if wide else "",
-        "close": "}" if wide else "",
+        "width": width,
     }
+
+
+def _page_width(table: ResultTable, cm_per_char: float = 0.23) -> float:
+    """A page as wide as the table (never shrunk): widest text per column x ~0.23 cm, plus padding."""
+    label = max([len("Model"), *(len(r.label) for r in table.rows)])
+    widths = [
+        max([len(c.header), *(len(_cell_text(r, c, ("", ""))) for r in table.rows)]) for c in table.columns
+    ]
+    return max(21.0, 3.5 + cm_per_char * (label + sum(widths)) + 0.5 * (len(widths) + 1))
 
 
 LATEX_TEMPLATE = r"""\documentclass[10pt]{article}
 \usepackage{booktabs}
-\usepackage{graphicx}
+\usepackage[paperwidth=%(width).1fcm,paperheight=29.7cm,margin=1.5cm]{geometry}
 \pagestyle{empty}
 \begin{document}
 \begin{table}[ht]
 \centering
-%(open)s
 \begin{tabular}{%(spec)s}
 \toprule
 %(body)s
 \bottomrule
-\end{tabular}%(close)s
+\end{tabular}
 \end{table}
 \begin{itemize}\footnotesize
 %(notes)s
@@ -308,7 +315,7 @@ def render_rich(table: ResultTable, title: str = "results") -> Any:
     """A rich ``Table`` for the terminal (best values bold; rich wraps it to the terminal width)."""
     from rich.table import Table
 
-    out = Table(title=title, caption="bold: best per column; intervals and notes: report/table.md")
+    out = Table(title=title, caption="bold: best per column; intervals and notes: mcmdpo report RUN_DIR")
     out.add_column("model", no_wrap=True)
     for g in table.groups:
         for c in g.columns:
