@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,10 @@ TITLES = {
 }
 
 
-def title(column: Column) -> str:
-    """A panel title: the metric's table header, spelled out where the header is an abbreviation."""
-    return TITLES.get((column.metric.kind, column.metric.name), column.header)
+def title(column: Column, prefix: str = "", width: int = 32) -> str:
+    """A panel title: the metric's table header, spelled out where it abbreviates; wrapped to fit a panel."""
+    text = prefix + TITLES.get((column.metric.kind, column.metric.name), column.header)
+    return "\n".join(textwrap.wrap(text, width))
 
 
 def unit(column: Column) -> str:
@@ -107,6 +109,8 @@ def bar_figure(table: ResultTable, group: ColumnGroup, path: Path) -> Path:
                        label=row.label, edgecolor="black", linewidth=0.5)  # fmt: skip
         better = "higher" if column.metric.higher_is_better else "lower"
         ax.set_title(f"{title(column)}\n({better} is better)", fontsize="medium")
+        if all(r.cells[column.key].mean >= 0 for r in rows if column.key in r.cells):
+            ax.set_ylim(bottom=0)
         ax.set_ylabel(unit(column))
         ax.set_xticks([])
         ax.grid(axis="y", alpha=0.3)
@@ -142,7 +146,7 @@ def sweep_figure(table: ResultTable, key: str, path: Path) -> Path:
         series.setdefault(f"{row.model}, {other}" if other else row.model, []).append(row)
     flat = [r for r in rows if key not in r.files[0].point]
     columns = table.columns
-    titles = {c.key: f"{g.title}: {title(c)}" for g in table.groups for c in g.columns}
+    titles = {c.key: title(c, prefix=f"{g.title}: ") for g in table.groups for c in g.columns}
     ncols = min(4, len(columns))
     fig, axes = _figure(ncols, math.ceil(len(columns) / ncols))
     colors = _colors(len(series) + len(flat))
