@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from bench.report import BENCHMARKS, make_run
 from mcmdpo.report.collect import MetricsFile, TrainingLog, collect
-from mcmdpo.report.compare import compare_files
+from mcmdpo.report.compare import compare_files, compare_rows
 from mcmdpo.report.estimators import corpus_bleu, corpus_meteor, find_metric, metric_defs
 from mcmdpo.report.figures import write_figures
 from mcmdpo.report.labels import point_label
@@ -300,6 +300,10 @@ def test_collect_merges_sweep_duplicates_and_seeds(tmp_path):
     by_run = {f.run: f.doc["metrics"]["paper"]["bleu_4"] for f in rows[0].files}
     assert cell.values == (by_run["s0"], by_run["s1"]) and cell.ci is None
     assert f"{cell.mean:.2f} ± {cell.std:.2f}" in out.markdown and "seeds [0, 1]" in out.markdown
+    with pytest.raises(ValueError, match=r"averages runs \['s0', 's1'\]; name one as <run>:\+SFT"):
+        compare_rows(out.table.rows, "+SFT", "gamma = 0.2")
+    paired = compare_rows(out.table.rows, "s1:+SFT", "s1:+SFT", BootstrapConfig(resamples=100))
+    assert paired and all(c.p_value == 1.0 and c.n == 50 for c in paired)
 
 
 def test_figures_are_real_pngs(tmp_path):

@@ -48,14 +48,28 @@ class Comparison:
     n: int
 
     def record(self, a: str, b: str) -> dict[str, Any]:
-        values = (self.benchmark, self.protocol, self.metric, a, b, self.a_value, self.b_value,
-                  self.difference, self.p_value, self.n)  # fmt: skip
+        values = (
+            self.benchmark,
+            self.protocol,
+            self.metric,
+            a,
+            b,
+            self.a_value,
+            self.b_value,
+            self.difference,
+            self.p_value,
+            self.n,
+        )
         return dict(zip(COMPARE_COLUMNS, values, strict=True))
 
 
-def find_row(rows: Sequence[TableRow], name: str) -> TableRow:
-    """The single ``result`` row named ``name`` (label, row key, or ``run:label`` / ``run:key``)."""
-    run, _, rest = name.partition(":") if ":" in name else ("", "", name)
+def find_row(rows: Sequence[TableRow], name: str) -> tuple[TableRow, str]:
+    """The single ``result`` row named ``name`` (label, row key, or ``run:label`` / ``run:key``) and the
+    run it names (``""`` when none)."""
+    runs = {f.run for r in rows for f in r.files}
+    run, _, rest = name.partition(":")
+    if run not in runs:
+        run, rest = "", name
     matches = [
         r
         for r in rows
@@ -67,14 +81,15 @@ def find_row(rows: Sequence[TableRow], name: str) -> TableRow:
         known = ", ".join(repr(r.label) for r in rows if r.kind == "result")
         what = "no row" if not matches else f"{len(matches)} rows"
         raise ValueError(f"--compare {name!r}: {what} with that label or key (rows: {known})")
-    return matches[0]
+    return matches[0], run
 
 
-def _single_run_files(row: TableRow, name: str, run: str) -> list[MetricsFile]:
+def _single_run_files(rows: Sequence[TableRow], name: str) -> list[MetricsFile]:
+    row, run = find_row(rows, name)
     files = [f for f in row.files if not run or f.run == run]
     if len({f.run for f in files}) > 1:
-        raise ValueError(f"--compare {name!r}: the row averages runs {sorted({f.run for f in files})}; "
-                         f"name one as <run>:{name}")  # fmt: skip
+        runs = sorted({f.run for f in files})
+        raise ValueError(f"--compare {name!r}: the row averages runs {runs}; name one as <run>:{name}")
     return files
 
 
@@ -82,8 +97,7 @@ def compare_rows(
     rows: Sequence[TableRow], a: str, b: str, config: BootstrapConfig = BootstrapConfig()
 ) -> list[Comparison]:
     """Paired-bootstrap comparisons of rows ``a`` and ``b`` on every benchmark they share."""
-    files_a = _single_run_files(find_row(rows, a), a, a.partition(":")[0] if ":" in a else "")
-    files_b = _single_run_files(find_row(rows, b), b, b.partition(":")[0] if ":" in b else "")
+    files_a, files_b = _single_run_files(rows, a), _single_run_files(rows, b)
     by_benchmark = {f.benchmark: f for f in files_b}
     out = []
     for fa in files_a:

@@ -105,8 +105,16 @@ def bar_figure(table: ResultTable, group: ColumnGroup, path: Path) -> Path:
         for i, row in enumerate(rows):
             if column.key in row.cells:
                 low, high = _error(row, column)
-                ax.bar(i, row.cells[column.key].mean, color=colors[i], yerr=[[low], [high]], capsize=3,
-                       label=row.label, edgecolor="black", linewidth=0.5)  # fmt: skip
+                ax.bar(
+                    i,
+                    row.cells[column.key].mean,
+                    color=colors[i],
+                    yerr=[[low], [high]],
+                    capsize=3,
+                    label=row.label,
+                    edgecolor="black",
+                    linewidth=0.5,
+                )
         better = "higher" if column.metric.higher_is_better else "lower"
         ax.set_title(f"{title(column)}\n({better} is better)", fontsize="medium")
         if all(r.cells[column.key].mean >= 0 for r in rows if column.key in r.cells):

@@ -93,8 +93,11 @@ def layout_groups(name: str, altext_benchmarks: Sequence[str]) -> list[ColumnGro
     if name == "hallucination":
         return _hallucination_groups()
     if name in ("all", "auto"):
-        return [*layout_groups("altext", altext_benchmarks), *layout_groups("altext-coco", altext_benchmarks),
-                *_hallucination_groups()]  # fmt: skip
+        return [
+            *layout_groups("altext", altext_benchmarks),
+            *layout_groups("altext-coco", altext_benchmarks),
+            *_hallucination_groups(),
+        ]
     raise ValueError(f"unknown layout {name!r}; choose from {', '.join(LAYOUTS)}")
 
 

@@ -132,8 +132,14 @@ def comparison_table(comparisons: Sequence[Any], a: str, b: str) -> Any:
         out.add_column(name, justify="left" if name in ("benchmark", "metric") else "right")
     for c in comparisons:
         metric = f"{c.metric} ({c.protocol})" if c.protocol else c.metric
-        out.add_row(c.benchmark, metric, f"{c.a_value:.2f}", f"{c.b_value:.2f}", f"{c.difference:+.2f}",
-                    f"{c.p_value:.3g}")  # fmt: skip
+        out.add_row(
+            c.benchmark,
+            metric,
+            f"{c.a_value:.2f}",
+            f"{c.b_value:.2f}",
+            f"{c.difference:+.2f}",
+            f"{c.p_value:.3g}",
+        )
     return out
 
 

@@ -133,8 +133,10 @@ def load_paper_results(path: Path | None = None) -> PaperResults:
         keys = [_column_key(c, table.get("protocol", ""), where, tid) for c in table.get("columns", [])]
         for row in table.get("rows", []):
             if len(row.get("values", [])) != len(keys):
-                raise ValueError(f"{where}: {tid} row {row.get('label')!r}: {len(keys)} columns, "
-                                 f"{len(row.get('values', []))} values")  # fmt: skip
+                raise ValueError(
+                    f"{where}: {tid} row {row.get('label')!r}: {len(keys)} columns, "
+                    f"{len(row.get('values', []))} values"
+                )
             rows.append(PaperRow(tid, row["label"], dict(zip(keys, map(float, row["values"]), strict=True))))
     return PaperResults(tuple(rows), sources)
 

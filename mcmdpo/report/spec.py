@@ -25,7 +25,12 @@ class ReportSpec(StageSpec):
         description="row labels: keys base, sft, dpo, mdpo, mcmdpo (model labels) or a row key "
         "'<model>@<key>=<value>;...' (e.g. 'preference@preference.loss.gamma=0.2')",
     )
-    resamples: int = Field(1000, ge=0, description="bootstrap resamples per interval (0: no intervals)")
+    resamples: int = Field(
+        1000,
+        ge=0,
+        le=20000,
+        description="bootstrap resamples per interval (0: no intervals; memory: x items x 8 B)",
+    )
     confidence: float = Field(0.95, gt=0, lt=1, description="coverage of the percentile intervals")
     seed: int = Field(0, ge=0, description="seed of the bootstrap draws")
     paper: bool = Field(False, description="add the paper's published numbers as reference rows + deltas")

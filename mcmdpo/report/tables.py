@@ -184,8 +184,13 @@ def table_notes(
             f"{config.confidence:.0%} bootstrap intervals over test items ({config.resamples} resamples, "
             f"seed {config.seed}) are in results.csv (ci_low, ci_high)."
         )
-    notes += sorted({f"No interval for {r.file.model}/{r.file.benchmark} {r.metric.name}: {r.note}"
-                     for r in results if r.note and config.resamples})  # fmt: skip
+    notes += sorted(
+        {
+            f"No interval for {r.file.model}/{r.file.benchmark} {r.metric.name}: {r.note}"
+            for r in results
+            if r.note and config.resamples
+        }
+    )
     notes += _file_notes({id(r.file): r.file for r in results}.values())
     if paper is not None:
         notes += paper.notes()
