@@ -129,6 +129,44 @@ def score(
     err.print(f"wrote {out}", highlight=False)
 
 
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories; several make one table")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="output folder (default <first run>/report, table on stdout)")
+    ] = None,
+    layout: Annotated[
+        str | None, typer.Option(help="auto, all, altext, altext-coco or hallucination (default: [report])")
+    ] = None,
+    paper: Annotated[
+        bool, typer.Option("--paper", help="add the paper's published numbers + deltas")
+    ] = False,
+    compare: Annotated[
+        tuple[str, str] | None, typer.Option(help="two rows (label or key): paired-bootstrap p-values")
+    ] = None,
+) -> None:
+    """Tables (results.csv, table.md, table.tex) and figures of finished scores, with bootstrap intervals."""
+    from pydantic import ValidationError
+    from rich.markup import escape
+
+    from mcmdpo.report.outputs import comparison_table, report_runs
+
+    try:
+        result = report_runs(run_dirs, out_dir, layout, paper, compare)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        err.print(f"[red]error:[/red] report: {escape(problems)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if out_dir is None:
+        sys.stdout.write(result.markdown)
+    if compare:
+        out.print(comparison_table(result.comparisons, *compare))
+    err.print(f"wrote {len(result.files)} files to {result.out_dir}", highlight=False)
+
+
 assets_app = typer.Typer(no_args_is_help=True, help="External resources the benchmarks need.")
 app.add_typer(assets_app, name="assets")
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from mcmdpo import profiles
 from mcmdpo.artifacts import content_hash, read_json
+from mcmdpo.errors import ConfigError
 from mcmdpo.paths import RunPaths
 from mcmdpo.recipe import Recipe
 from mcmdpo.recipe.schema import ResourceSpec
@@ -156,6 +157,8 @@ def build_plan(recipe: Recipe) -> Plan:
     for variant in variants:
         chosen: dict[str, PlannedInstance] = {}
         for name in names:
+            if registry[name].gather:
+                continue
             upstream = {d: chosen[d] for d in stages[name].after}
             inst = _instance(registry[name], variant, upstream, stages[name])
             known = next((i for i in stages[name].instances if i.instance_id == inst.instance_id), None)
@@ -164,6 +167,9 @@ def build_plan(recipe: Recipe) -> Plan:
             elif variant.point not in known.points:
                 known.points.append(variant.point)
             chosen[name] = known or inst
+    for name in names:
+        if registry[name].gather:
+            stages[name].instances.append(_gathering(registry[name], recipe, variants, stages))
     return Plan(
         run_name=recipe.run.name,
         run_dir=recipe.run_dir,
@@ -203,6 +209,35 @@ def _instance(
     return PlannedInstance(
         stage.name, instance_id, doc[stage.name], dict(doc), key["upstream"], [variant.point], tasks
     )
+
+
+def _gathering(
+    stage: Stage, recipe: Recipe, variants: Sequence[Recipe], stages: Mapping[str, PlannedStage]
+) -> PlannedInstance:
+    """The one instance of a gathering stage: it reads every task of its upstream stages."""
+    if any(v.doc[stage.name] != recipe.doc[stage.name] for v in variants):
+        raise ConfigError(f"[{stage.name}] reads every sweep point: its own fields cannot be swept")
+    upstream = {d: _Union(stages[d]) for d in stages[stage.name].after}
+    inst = _instance(stage, recipe, upstream, stages[stage.name])  # type: ignore[arg-type]
+    points = [v.point for v in variants]
+    return PlannedInstance(
+        inst.stage, inst.instance_id, inst.spec, inst.recipe, inst.upstream, points, inst.tasks
+    )
+
+
+@dataclass(frozen=True)
+class _Union:
+    """Every instance of a stage seen as one (what a gathering stage consumes)."""
+
+    planned: PlannedStage
+
+    @property
+    def instance_id(self) -> str:
+        return content_hash(sorted(i.instance_id for i in self.planned.instances))
+
+    @property
+    def tasks(self) -> list[PlannedTask]:
+        return self.planned.tasks
 
 
 def _inputs(

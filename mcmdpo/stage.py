@@ -56,6 +56,8 @@ class Stage:
              share those inputs share the task (the base model is evaluated once per sweep).
     key:     ``key(spec, params, doc) -> JSON``: what decides one task's content (default: its
              section and the sections it reads). Keep it to what the run function uses.
+    gather:  one instance for the whole plan, reading every task of the stages it runs after across
+             all sweep points (a report over every point); its section cannot be swept.
     """
 
     name: str
@@ -70,6 +72,7 @@ class Stage:
     implied_by: tuple[str, ...] = ()
     consumes: Callable[[TaskParams, str, TaskParams], bool] | None = None
     key: Callable[[Any, TaskParams, Mapping[str, Any]], Any] | None = None
+    gather: bool = False
 
     @property
     def task_level(self) -> bool:

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # System packages the tests use besides SLURM (slurm/dev-cluster/start.sh installs that): WordNet for the
-# NLTK-based metrics, built into an NLTK data folder by the tests, and Java for pycocoevalcap.
+# NLTK-based metrics, built into an NLTK data folder by the tests, Java for pycocoevalcap, and pdflatex
+# with booktabs (texlive-latex-recommended) to compile the report's table.tex.
 # Needs root and Debian's apt; does nothing when everything is present.
 set -euo pipefail
 need=()
 [ -f /usr/share/wordnet/data.noun ] || need+=(wordnet-base)
 [ -f /usr/share/wordnet/index.sense ] || need+=(wordnet-sense-index)
 command -v java >/dev/null || need+=(default-jre-headless)
+command -v pdflatex >/dev/null || need+=(texlive-latex-base)
+{ command -v kpsewhich >/dev/null && kpsewhich booktabs.sty >/dev/null; } || need+=(texlive-latex-recommended)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

@@ -26,7 +26,10 @@ The Java tools are the ones shipped with pycocoevalcap, run with the same comman
 only feeds them differently (one tokenizer run for references and responses, METEOR lines pipelined
 instead of one round trip each, the METEOR JVM's initial heap set to its maximum, temporary files
 outside site-packages), which gives the same numbers
-(checked against calling pycocoevalcap directly in the tests). SPICE is not computed.
+(checked against calling pycocoevalcap directly in the tests). SPICE is not computed. Each record's
+row also carries ``bleu_counts`` (pycocoevalcap's cooked n-gram statistics) and ``meteor_stats`` (the
+METEOR tool's statistics line): summed over any subset of records they give that subset's corpus
+BLEU / METEOR, which is what the report's bootstrap resamples.
 """
 
 from __future__ import annotations
@@ -301,8 +304,14 @@ class CocoSession:
         ]
         return tokens[:n], tokens[n : 2 * n]
 
-    def _meteor_scores(self, refs: Sequence[str], hyps: Sequence[str]) -> tuple[float, list[float]]:
-        """pycocoevalcap ``Meteor.compute_score``: SCORE lines -> stats, then one EVAL line."""
+    def _meteor_scores(
+        self, refs: Sequence[str], hyps: Sequence[str]
+    ) -> tuple[float, list[float], list[list[float]]]:
+        """pycocoevalcap ``Meteor.compute_score``: SCORE lines -> stats, then one EVAL line.
+
+        Returns the corpus score, the per-record scores and each record's statistics line as numbers
+        (what the EVAL line pools; the report resamples them).
+        """
         proc = self._meteor
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         lines = [
@@ -314,7 +323,7 @@ class CocoSession:
         proc.stdin.flush()
         per_sample = [float(proc.stdout.readline().strip()) for _ in stats]
         corpus = float(proc.stdout.readline().strip())
-        return corpus, per_sample
+        return corpus, per_sample, [[float(x) for x in line.split()] for line in stats]
 
 
 def _pipelined(proc: subprocess.Popen[bytes], lines: Sequence[str]) -> list[str]:
@@ -341,7 +350,10 @@ def _pipelined(proc: subprocess.Popen[bytes], lines: Sequence[str]) -> list[str]
 
 
 def _coco_scores(
-    ids: Sequence[Any], refs: Sequence[str], hyps: Sequence[str], meteor: tuple[float, list[float]]
+    ids: Sequence[Any],
+    refs: Sequence[str],
+    hyps: Sequence[str],
+    meteor: tuple[float, list[float], list[list[float]]],
 ) -> ProtocolResult:
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -363,6 +375,8 @@ def _coco_scores(
             "meteor": meteor[1][i],
             "rouge_l": float(rouge_samples[i]),
             "cider": float(cider_samples[i]),
+            "bleu_counts": bleu_counts(hyps[i], refs[i]),
+            "meteor_stats": meteor[2][i],
         }
         for i in range(n)
     ]
@@ -375,6 +389,21 @@ def _coco_scores(
         "num_samples": n,
     }
     return ProtocolResult(aggregate, samples)
+
+
+def bleu_counts(hyp: str, ref: str) -> dict[str, Any]:
+    """The n-gram statistics corpus BLEU sums over records (pycocoevalcap ``cook_test``, one reference).
+
+    ``{"testlen", "reflen", "guess": [n=1..4], "correct": [n=1..4]}``: summing them over any subset of
+    records and applying ``BleuScorer.compute_score``'s formula gives that subset's corpus BLEU (the
+    report's bootstrap resamples these sums).
+    """
+    from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
+
+    comps = cook_test(hyp, cook_refs([ref]))
+    (reflen,) = comps["reflen"]  # one reference: "closest" is its length
+    counts = {"testlen": comps["testlen"], "reflen": reflen}
+    return {**counts, "guess": comps["guess"], "correct": comps["correct"]}
 
 
 def _require_java() -> None:

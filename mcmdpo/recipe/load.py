@@ -170,9 +170,7 @@ def _validate(
                 sections[name] = ClusterSpec()
     if "run" not in sections or "cluster" not in sections:
         return None
-    for name, stage in registry.items():
-        if name not in sections and any(s in doc for s in stage.implied_by):
-            sections[name] = stage.spec.model_validate({})
+    _add_implied(sections, registry)
     cluster: ClusterSpec = sections["cluster"]
     profile = _check_cluster(cluster, registry, path, source, problems)
     stages = {name: spec for name, spec in sections.items() if name in registry}
@@ -180,6 +178,17 @@ def _validate(
         problems.append(source.problem("", f"no stage section; known stages: {', '.join(registry)}"))
     resolved = {name: spec.model_dump(mode="json") for name, spec in sections.items()}
     return Recipe(path, sections["run"], cluster, stages, resolved, profile)
+
+
+def _add_implied(sections: dict[str, Any], registry: Mapping[str, Stage]) -> None:
+    """Stages implied by present sections, with their defaults (chains too: eval -> score -> report)."""
+    added = True
+    while added:
+        added = False
+        for name, stage in registry.items():
+            if name not in sections and any(s in sections for s in stage.implied_by):
+                sections[name] = stage.spec.model_validate({})
+                added = True
 
 
 def _check_cluster(

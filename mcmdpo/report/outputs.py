@@ -1,0 +1,173 @@
+"""Write a report folder (``write_report``) or a terminal table (``results_table``) from run dirs.
+
+``<out>/results.csv``, ``table.md``, ``table.tex``, ``figures/*.png``, and with ``--paper``
+``paper_comparison.csv``, with ``--compare A B`` ``compare.csv``. Every file is written under a
+temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcmdpo.artifacts import write_text_atomic
+from mcmdpo.report.spec import ReportSpec
+
+RESULTS_CSV = "results.csv"
+TABLE_MD = "table.md"
+TABLE_TEX = "table.tex"
+FIGURES = "figures"
+PAPER_CSV = "paper_comparison.csv"
+COMPARE_CSV = "compare.csv"
+
+
+class NoResults(ValueError):
+    """The run dirs hold no finished score task with metrics yet."""
+
+
+@dataclass
+class ReportOutputs:
+    """What :func:`write_report` wrote, and the table and comparisons it computed."""
+
+    out_dir: Path
+    files: list[Path]
+    markdown: str
+    table: Any
+    results: list[Any]
+    comparisons: list[Any] = field(default_factory=list)
+
+    def relative(self) -> list[str]:
+        return [str(p.relative_to(self.out_dir)) for p in self.files]
+
+
+def _bootstrap(spec: ReportSpec) -> Any:
+    from mcmdpo.report.results import BootstrapConfig
+
+    return BootstrapConfig(spec.resamples, spec.seed, spec.confidence)
+
+
+def build(
+    run_dirs: Sequence[Path | str], spec: ReportSpec, score_tasks: Sequence[str] | None = None
+) -> tuple[Any, list[Any], Any, Any]:
+    """Collect, compute intervals and build the table: ``(collection, results, table, paper)``."""
+    from mcmdpo.report.collect import collect
+    from mcmdpo.report.paper import load_paper_results
+    from mcmdpo.report.results import compute_results
+    from mcmdpo.report.tables import build_table
+
+    collection = collect(run_dirs, score_tasks)
+    if not collection.files:
+        where = ", ".join(str(d) for d in collection.run_dirs)
+        raise NoResults(f"{where}: no finished score task with metrics yet (run `mcmdpo status` to see why)")
+    config = _bootstrap(spec)
+    results = compute_results(collection, config)
+    paper = load_paper_results() if spec.paper else None
+    return collection, results, build_table(results, spec.layout, spec.labels, config, paper), paper
+
+
+def write_report(
+    run_dirs: Sequence[Path | str],
+    out_dir: Path | str,
+    spec: ReportSpec | None = None,
+    compare: tuple[str, str] | None = None,
+    score_tasks: Sequence[str] | None = None,
+) -> ReportOutputs:
+    """Write the report of ``run_dirs`` into ``out_dir``.
+
+    ``compare``: two row names (``--compare``); ``score_tasks``: restrict to these score task ids
+    (and the training tasks upstream of them), as the report stage does.
+    """
+    from mcmdpo.report.compare import COMPARE_COLUMNS, compare_rows
+    from mcmdpo.report.paper import COMPARISON_COLUMNS
+    from mcmdpo.report.results import records_csv, write_csv
+    from mcmdpo.report.tables import render_latex, render_markdown
+
+    spec, out = spec or ReportSpec(), Path(out_dir)
+    collection, results, table, paper = build(run_dirs, spec, score_tasks)
+    comparisons = compare_rows(table.rows, *compare, _bootstrap(spec)) if compare else []
+    markdown = render_markdown(table)
+    files = [out / RESULTS_CSV, out / TABLE_MD, out / TABLE_TEX]
+    write_csv(results, files[0])
+    write_text_atomic(files[1], markdown)
+    write_text_atomic(files[2], render_latex(table))
+    if paper is not None:
+        files.append(out / PAPER_CSV)
+        write_text_atomic(files[-1], records_csv(paper.comparisons(table.rows), COMPARISON_COLUMNS))
+    if comparisons:
+        files.append(out / COMPARE_CSV)
+        write_text_atomic(files[-1], records_csv([c.record(*compare) for c in comparisons], COMPARE_COLUMNS))
+    if spec.figures:
+        from mcmdpo.report.figures import write_figures
+
+        files += write_figures(table, collection.training, out / FIGURES)
+    return ReportOutputs(out, files, markdown, table, results, comparisons)
+
+
+def results_table(
+    run_dirs: Sequence[Path | str], layout: str = "auto", labels: dict[str, str] | None = None
+) -> Any | None:
+    """A rich ``Table`` of the scores in ``run_dirs`` (no intervals: fast), or None when none exist yet.
+
+    For the end of ``mcmdpo submit`` and the results section of ``mcmdpo status``:
+    ``Console().print(table)`` when it is not None.
+    """
+    from mcmdpo.report.tables import render_rich
+
+    spec = ReportSpec(layout=layout, labels=labels or {}, resamples=0, figures=False)
+    try:
+        _, _, table, _ = build(run_dirs, spec)
+    except NoResults:
+        return None
+    return render_rich(table, title="results (" + ", ".join(Path(d).name for d in run_dirs) + ")")
+
+
+def comparison_table(comparisons: Sequence[Any], a: str, b: str) -> Any:
+    """A rich ``Table`` of ``--compare`` results: values, A - B, paired-bootstrap p-value."""
+    from rich.table import Table
+
+    out = Table(title=f"{a} vs {b} (paired bootstrap over test items)")
+    for name in ("benchmark", "metric", a, b, "A - B", "p"):
+        out.add_column(name, justify="left" if name in ("benchmark", "metric") else "right")
+    for c in comparisons:
+        metric = f"{c.metric} ({c.protocol})" if c.protocol else c.metric
+        out.add_row(
+            c.benchmark,
+            metric,
+            f"{c.a_value:.2f}",
+            f"{c.b_value:.2f}",
+            f"{c.difference:+.2f}",
+            f"{c.p_value:.3g}",
+        )
+    return out
+
+
+def run_spec(run_dir: Path | str) -> ReportSpec:
+    """The ``[report]`` section a run was planned with (its plan's recipe), else the defaults."""
+    from mcmdpo.artifacts import read_json
+    from mcmdpo.paths import RunPaths
+
+    plan = RunPaths(Path(run_dir)).plan
+    if plan.is_file():
+        for stage in read_json(plan).get("stages", []):
+            if stage.get("name") == "report" and stage.get("instances"):
+                return ReportSpec.model_validate(stage["instances"][0]["spec"])
+    return ReportSpec()
+
+
+def report_runs(
+    run_dirs: Sequence[Path | str],
+    out_dir: Path | str | None = None,
+    layout: str | None = None,
+    paper: bool = False,
+    compare: tuple[str, str] | None = None,
+) -> ReportOutputs:
+    """``mcmdpo report``: the first run's ``[report]`` settings (``layout``/``paper`` override them),
+    written to ``out_dir`` (default ``<first run dir>/report``)."""
+    if not run_dirs:
+        raise ValueError("report: give at least one run directory")
+    base = run_spec(run_dirs[0])
+    update = {"layout": layout or base.layout, "paper": paper or base.paper}
+    spec = ReportSpec.model_validate({**base.model_dump(), **update})
+    return write_report(run_dirs, out_dir or Path(run_dirs[0]) / "report", spec, compare)
