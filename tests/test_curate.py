@@ -205,3 +205,51 @@ def test_parquet_with_image_bytes_in_row_groups(tmp_path):
         {"root": "scan", "path": f"images/{p:09d}.png"} for p in (1, 2, 3)
     ]
     assert (tmp_path / "out" / "images" / "000000002.png").read_bytes() == rows[2]["image"]["bytes"]
+
+
+def test_reply_cache_shared_by_processes_torn_lines_ignored(tmp_path):
+    from mcmdpo.llm import ReplyCache
+
+    first, second = ReplyCache(tmp_path, "m/x"), ReplyCache(tmp_path, "m/x")  # two writers, one folder
+    first.put("a" * 32, {"content": "one", "model": "served"})
+    second.put("b" * 32, {"content": "two", "model": "served"})
+    assert first.get("b" * 32) is None  # seen only after a refresh (at most every refresh_s on a miss)
+    first.refresh()
+    assert first.get("b" * 32)["content"] == "two" and second.get("a" * 32) is None
+    files = sorted((tmp_path / "m_x").glob("*.jsonl"))
+    assert len(files) == 2 and all(len(f.read_text().splitlines()) == 1 for f in files)
+    with open(files[0], "a") as f:  # a writer killed mid-line
+        f.write("c" * 32 + ' {"content": "torn')
+    fresh = ReplyCache(tmp_path, "m/x")
+    assert len(fresh) == 2 and fresh.get("c" * 32) is None and fresh.get("a" * 32)["content"] == "one"
+
+
+def test_curate_recipe_validates_with_defaults_and_clear_errors(write_recipe, tmp_path):
+    from mcmdpo.plan import build_plan
+    from mcmdpo.recipe import RecipeError, load_recipe
+
+    body = f"""
+        [run]
+        name = "c"
+        output_root = "@RUNS@"
+        [curate]
+        raw_file = "{tmp_path}/raw.jsonl"
+        shards = 3
+        [curate.llm]
+        model = "m"
+        """
+    plan = build_plan(load_recipe(write_recipe(body)))
+    assert [(s.name, len(s.tasks)) for s in plan.stages] == [
+        ("curate_scan", 3),
+        ("curate_dedupe", 1),
+        ("curate", 3),
+        ("curate_split", 1),
+    ]
+    bad = body.replace(
+        'model = "m"', 'model = "m"\n[curate.dedupe]\nclip_threshold = 0.9\n[curate.split]\nsft = 0.5'
+    )
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write_recipe(bad.replace("shards = 3", "shard = 3")))
+    text = str(err.value)
+    assert "curate.shard" in text and "did you mean 'shards'" in text
+    assert "clip_threshold" in text and "not implemented" in text and "must be 1" in text
