@@ -10,6 +10,7 @@ consumer needs:
 - data: :func:`split_source` (a split of the ``data`` manifest with absolute paths),
   :func:`planned_records` (record counts at planning time), :func:`precompute_shard_params`;
 - shards: :func:`shard_input` (this task's precompute ``.h5``), :func:`check_geometry`;
+- curation: the file names :data:`CURATE_DEDUPE`, :data:`CURATED`, :data:`CURATE_REPORT`;
 - evaluation: :data:`MODEL_STAGES`, :func:`eval_models`, :func:`benchmark_source`,
   :func:`eval_shards` and the file names :data:`PREDICTIONS`, :data:`GENERATION`.
 
@@ -34,6 +35,10 @@ MODEL_MANIFEST = "model.json"
 DATA_MANIFEST = "data.json"
 PREDICTIONS = "predictions.jsonl"
 GENERATION = "generation.json"
+CURATE_DEDUPE = "dedupe.json"
+"""The ``curate_dedupe`` task's clusters and kept records."""
+CURATED, CURATE_REPORT = "curated.jsonl", "curate.json"
+"""A ``curate`` task's curated records and its counts."""
 MODEL_STAGES: dict[str, str] = {"base": "model", "sft": "sft", "preference": "preference"}
 """Evaluated model name -> the stage whose ``model/`` folder it is."""
 SMALL_FILE_BYTES = 8 << 20

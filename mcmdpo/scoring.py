@@ -79,7 +79,7 @@ def score_job(job: ScoreJob, settings: Any, out_dir: Path, run_dir: Path, recipe
     records, merged = merge_shards(job, out_dir)
     benchmark = get_benchmark(job.benchmark)
     env = ScoreEnv(
-        settings, job.source, out_dir.parent / ".cache", judge_factory(settings, run_dir / "judge-cache")
+        settings, job.source, out_dir.parent / ".cache", judge_factory(settings, run_dir / "llm-cache")
     )
     metrics, samples, deviations = benchmark.score(records, env)
     rel = f"metrics/{job.rel}"

@@ -106,7 +106,8 @@ def test_reply_model_id_key_header_and_cache(tmp_path):
         assert (first.content, first.model, first.cached) == ("fine. Rating: 5", "judge-2024-01-01", False)
         request = server.requests[0]
         assert request["path"] == "/v1/chat/completions"
-        assert request["headers"]["Authorization"] == "Bearer sk-test-secret-123"
+        headers = {k.lower(): v for k, v in request["headers"].items()}  # the openai package sends lowercase
+        assert headers["authorization"] == "Bearer sk-test-secret-123"
         assert request["body"] == {
             "model": "judge-x",
             "messages": [{"role": "user", "content": "hello"}],
@@ -116,8 +117,10 @@ def test_reply_model_id_key_header_and_cache(tmp_path):
         second = again.complete([{"role": "user", "content": "hello"}])
         assert second.cached and second.content == first.content and len(server.requests) == 1
         assert again.stats == {"requests": 0, "cached": 1, "retries": 0}
-    cached_files = list((tmp_path / "cache").rglob("*.json"))
-    assert len(cached_files) == 1 and cached_files[0].parent.parent.name == "judge-x"
+    # the cache is one append-only JSONL file per writing process under <cache>/<model>/ (mcmdpo.llm)
+    cached_files = list((tmp_path / "cache").rglob("*.jsonl"))
+    assert len(cached_files) == 1 and cached_files[0].parent.name == "judge-x"
+    assert len(cached_files[0].read_text().splitlines()) == 1
     assert "sk-test-secret" not in cached_files[0].read_text()
 
 

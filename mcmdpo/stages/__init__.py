@@ -7,7 +7,21 @@ Stage modules import heavy libraries (torch, transformers, h5py) inside function
 import importlib
 import importlib.util
 
-PIPELINE = ("data", "model", "precompute", "sft", "reference", "preference", "eval", "score", "report")
+PIPELINE = (
+    "curate_scan",
+    "curate_dedupe",
+    "curate",
+    "curate_split",
+    "data",
+    "model",
+    "precompute",
+    "sft",
+    "reference",
+    "preference",
+    "eval",
+    "score",
+    "report",
+)
 
 for _name in PIPELINE:
     if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
