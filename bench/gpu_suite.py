@@ -19,7 +19,7 @@ part is reported and the suite goes on. At the end: a Markdown table (paste it i
 and one JSON line with every figure and target. ``--out DIR`` also writes ``gpu_suite.jsonl`` (line
 by line, as the parts finish) and ``gpu_suite.md`` there.
 
-    make bench-gpu                                   # = python bench/gpu_suite.py (CUDA; ~7 min on an H200)
+    make bench-gpu                                   # = python bench/gpu_suite.py (CUDA; < 8 min on an H200)
     python bench/gpu_suite.py --parts logprob,memory --budget-s 200
     python bench/gpu_suite.py --cpu-smoke            # every part at tiny shapes on CPU (< 1 min)
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -182,6 +183,7 @@ class Suite:
 
     def drop_model(self) -> None:
         self.state["model"] = None
+        gc.collect()
         common.reset_memory(self.settings.device)
 
 
@@ -440,7 +442,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}"
     )
     parser.add_argument(
-        "--budget-s", type=float, default=None, help="time budget (default 420 on GPU, 300 smoke)"
+        "--budget-s", type=float, default=None, help="time budget (default 450 on GPU, 300 smoke)"
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="also write gpu_suite.jsonl and gpu_suite.md here"
@@ -472,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings = (
         smoke_settings(args.budget_s or 300)
         if args.cpu_smoke
-        else Settings("cuda", "7b", args.budget_s or 420)
+        else Settings("cuda", "7b", args.budget_s or 450)
     )
     return Suite(settings, parts, args.out, args.peak_tflops).run()
 

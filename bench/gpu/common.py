@@ -260,9 +260,10 @@ def count_step_flops(
     """FLOPs of the policy and reference parts of each step, counted on the meta device (attention
     dense: a tree row's masked tiles count too, so MFU is per model FLOP of the SDPA formulation)."""
     model = flops_bench.meta_model(config)
-    out: dict[str, dict[str, float]] = {}
+    counted: dict[tuple, dict[str, float]] = {}  # flex and sdpa rows share one count
     with flops_bench.meta_friendly_masks():
-        for name, (engine, conditions, *_rest) in steps.items():
-            parts = flops_bench.step_parts(model, batch, engine, conditions, "sdpa")
-            out[name] = {part: float(flops_bench.count_flops(fn)) for part, fn in parts.items()}
-    return out
+        for engine, conditions, *_rest in steps.values():
+            if (engine, conditions) not in counted:
+                parts = flops_bench.step_parts(model, batch, engine, conditions, "sdpa")
+                counted[engine, conditions] = {p: float(flops_bench.count_flops(f)) for p, f in parts.items()}
+    return {name: counted[engine, conditions] for name, (engine, conditions, *_rest) in steps.items()}
