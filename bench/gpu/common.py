@@ -70,8 +70,8 @@ class Shape:
 # ---------------------------------------------------------------- configs
 
 
-def tiny_text_vision(geometry: Geometry) -> tuple[CLIPVisionConfig, LlamaConfig]:
-    """Small CLIP + Llama (hidden 64, 2 layers) at ``geometry``'s image size."""
+def tiny_text_vision(geometry: Geometry, hidden: int = 64) -> tuple[CLIPVisionConfig, LlamaConfig]:
+    """Small CLIP + Llama (``hidden`` wide, 4 heads, 2 layers) at ``geometry``'s image size."""
     vision = CLIPVisionConfig(
         hidden_size=32,
         intermediate_size=64,
@@ -82,8 +82,8 @@ def tiny_text_vision(geometry: Geometry) -> tuple[CLIPVisionConfig, LlamaConfig]
         projection_dim=32,
     )
     text = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,

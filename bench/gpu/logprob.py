@@ -155,13 +155,13 @@ def check_geometry() -> Geometry:
     return Geometry(image_side=112, patch=14, prefix=35, context=100, answer=20)
 
 
-def check_flex_fp32(shape: Shape, device: str) -> dict[str, Any]:
-    """fp32, small width: max |flex - sdpa| of the log-probs and of every parameter gradient."""
+def check_flex_fp32(shape: Shape, device: str, pair: tuple[str, str] = ("sdpa", "flex")) -> dict[str, Any]:
+    """fp32, small width: max |flex - sdpa| of the log-probs and of every parameter gradient
+    (``pair``: the two tree attentions compared)."""
     from transformers import LlavaNextConfig
 
     geometry = check_geometry()
-    vision, text = tiny_text_vision(geometry)
-    text.hidden_size, text.intermediate_size = 128, 256  # head dim 32
+    vision, text = tiny_text_vision(geometry, hidden=128)  # head dim 32
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(text, key, getattr(shape.config.text_config, key))
     config = LlavaNextConfig(
@@ -170,7 +170,7 @@ def check_flex_fp32(shape: Shape, device: str) -> dict[str, Any]:
     with _no_tf32():
         model = build_model(config, device, torch.float32, checkpointing=True, seed=1)
         batch = synthetic_batch(3, geometry, text.vocab_size, 2, config.image_token_id, jitter=7)
-        sdpa, flex = (logprobs_and_grads(model, batch, a) for a in ("sdpa", "flex"))
+        sdpa, flex = (logprobs_and_grads(model, batch, a) for a in pair)
     logp = max_abs(sdpa[0], flex[0])
     grad = max_abs(sdpa[1], flex[1])
     return {
@@ -184,7 +184,9 @@ def check_flex_fp32(shape: Shape, device: str) -> dict[str, Any]:
     }
 
 
-def check_flex_bf16(model: Any, shape: Shape, batch_size: int) -> dict[str, Any]:
+def check_flex_bf16(
+    model: Any, shape: Shape, batch_size: int, pair: tuple[str, str] = ("sdpa", "flex")
+) -> dict[str, Any]:
     """bf16 at the suite's shape: relative error of flex vs sdpa (log-probs, gradients), and of
     naive vs sdpa log-probs as the noise floor of two valid bf16 computations."""
     from mcmdpo.logprobs import naive_logprobs
@@ -193,9 +195,9 @@ def check_flex_bf16(model: Any, shape: Shape, batch_size: int) -> dict[str, Any]
     batch = synthetic_batch(
         batch_size, shape.geometry, config.text_config.vocab_size, 3, config.image_token_id
     )
-    sdpa = logprobs_and_grads(model, batch, "sdpa")
+    sdpa = logprobs_and_grads(model, batch, pair[0])
     diff: dict[str, float] = {}
-    flex_logp, _ = logprobs_and_grads(model, batch, "flex", grads_like=sdpa[1], diff_out=diff)
+    flex_logp, _ = logprobs_and_grads(model, batch, pair[1], grads_like=sdpa[1], diff_out=diff)
     sdpa[1].clear()  # free the stashed gradients before the naive pass
     with torch.no_grad():
         naive = naive_logprobs(model, batch)
