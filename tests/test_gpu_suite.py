@@ -39,9 +39,8 @@ FED_PER_SAMPLE = {
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
-    started = time.perf_counter()
     final = gpu_suite.main(["--cpu-smoke", "--out", str(out)])
-    return final, out, time.perf_counter() - started
+    return final, out
 
 
 def lines(out: Path) -> dict[str, dict]:
@@ -51,7 +50,7 @@ def lines(out: Path) -> dict[str, dict]:
 
 
 def test_smoke_writes_one_line_per_part_and_a_final_line(smoke, capsys):
-    final, out, _ = smoke
+    final, out = smoke
     records = lines(out)
     assert list(records) == list(gpu_suite.PARTS)
     assert final["mode"] == "cpu-smoke" and final["device"] == "cpu"
@@ -67,7 +66,7 @@ def test_smoke_writes_one_line_per_part_and_a_final_line(smoke, capsys):
 
 
 def test_smoke_logprob_rows_count_the_tokens_of_each_step(smoke):
-    _, out, _ = smoke
+    _, out = smoke
     rows = {r["step"]: r for r in lines(out)["logprob"]["rows"]}
     for step in ("ours_flex", "ours_hal_flex"):
         assert "no backward on CPU" in rows[step]["skipped"]
@@ -86,7 +85,7 @@ def test_smoke_logprob_rows_count_the_tokens_of_each_step(smoke):
 
 
 def test_smoke_memory_generation_and_training_parts(smoke):
-    _, out, _ = smoke
+    _, out = smoke
     records = lines(out)
     search = records["memory"]["micro_batch"]
     for name in ("sft", "mcmdpo"):
@@ -98,10 +97,6 @@ def test_smoke_memory_generation_and_training_parts(smoke):
     train = records["train"]
     assert train["steps"] == 3 and train["compute_ms"] > 0 and train["wall_ms"] >= train["compute_ms"]
     assert 0 <= train["share_outside_fwd_bwd_update"] < 1
-
-
-def test_smoke_stays_under_a_minute(smoke):
-    assert smoke[2] < 60
 
 
 def test_a_part_that_would_not_fit_is_skipped_and_a_late_one_stopped(monkeypatch, tmp_path):
