@@ -33,6 +33,7 @@ import contextlib
 import gc
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -139,9 +140,12 @@ class Suite:
                 fh.write(text + "\n")
 
     def run(self) -> dict[str, Any]:
-        for part in PARTS:
-            if part in self.parts:
-                self.run_part(part)
+        try:
+            for part in PARTS:
+                if part in self.parts:
+                    self.run_part(part)
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)  # saved models: GBs on a GPU run
         table = summary_table(self.records, self.settings.device != "cpu")
         print(table)
         if self.out is not None:
