@@ -1,5 +1,8 @@
 # The README's two commands are `make demo` and `make test`; each sets up .venv first.
-.PHONY: setup demo test test-fast lint bench slurm-up slurm-down
+.PHONY: setup demo test test-fast lint bench bench-gpu slurm-up slurm-down
+
+# bench-gpu runs where the GPU is: that node's python unless this checkout has a .venv
+PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 
 setup:
 	tools/setup.sh
@@ -20,7 +23,11 @@ lint: setup
 	.venv/bin/ruff check mcmdpo tests tools bench && .venv/bin/ruff format --check mcmdpo tests tools bench
 
 bench: setup
-	for b in bench/*.py; do .venv/bin/python $$b || exit 1; done
+	for b in bench/*.py; do [ $$b = bench/gpu_suite.py ] || .venv/bin/python $$b || exit 1; done
+
+# The GPU suite (bench/gpu_suite.py, CUDA only; `ARGS=--cpu-smoke` runs it at tiny shapes on CPU).
+bench-gpu:
+	$(PYTHON) bench/gpu_suite.py $(ARGS)
 
 slurm-up:
 	slurm/dev-cluster/start.sh

@@ -46,7 +46,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from mcmdpo.logprobs import PreferenceTokens, naive_logprobs, sequence_logprobs, shared_logprobs
-from mcmdpo.losses import CONDITIONS, dpo_loss, mcmdpo_loss
+from mcmdpo.losses import CONDITIONS, TERMS, LossResult, dpo_loss, mcmdpo_loss
 from mcmdpo.model import build_tiny_llava, load_llava
 
 PREFIX, IMAGE_SIDE, PATCH, CONTEXT, ANSWER = 35, 336, 14, 100, 20
@@ -112,26 +112,38 @@ def synthetic_batch(n_samples: int, vocab: int, seed: int, jitter: int = 0) -> l
 # ------------------------------------------------------------------------------------------- steps
 
 
-def reference_pass(model: PreTrainedModel, batch, engine: str, conditions) -> dict[str, torch.Tensor]:
+def reference_pass(
+    model: PreTrainedModel, batch, engine: str, conditions, attention: str = "auto"
+) -> dict[str, torch.Tensor]:
     """Reference log-probs: forward only."""
     with torch.no_grad():
-        return sequence_logprobs(model, batch, engine=engine, conditions=conditions)
+        return sequence_logprobs(model, batch, engine=engine, conditions=conditions, attention=attention)
 
 
-def policy_pass(model: PreTrainedModel, batch, engine: str, conditions, reference) -> None:
+def preference_loss(policy, reference, conditions) -> LossResult:
+    """DPO for the DPO pair; MCM-DPO over the terms whose rejected condition was scored otherwise
+    (all seven for the eight conditions; RPO, VPO and VRPO for the four hallucination conditions)."""
+    if tuple(conditions) == DPO_CONDITIONS:
+        return dpo_loss(policy, reference)
+    return mcmdpo_loss(policy, reference, drop=[t for t, c in TERMS.items() if c not in conditions])
+
+
+def policy_pass(model: PreTrainedModel, batch, engine: str, conditions, reference, attention="auto") -> None:
     """Policy forward + loss + backward."""
-    policy = sequence_logprobs(model, batch, engine=engine, conditions=conditions)
-    loss_fn = dpo_loss if tuple(conditions) == DPO_CONDITIONS else mcmdpo_loss
-    loss_fn(policy, reference).loss.sum().backward()
+    policy = sequence_logprobs(model, batch, engine=engine, conditions=conditions, attention=attention)
+    preference_loss(policy, reference, conditions).loss.sum().backward()
     model.zero_grad(set_to_none=True)
 
 
-def step_parts(model: PreTrainedModel, batch, engine: str, conditions) -> dict[str, Callable[[], None]]:
-    """The two parts of a step as thunks (the policy part reuses reference values, as training does)."""
-    reference = reference_pass(model, batch, engine, conditions)
+def step_parts(
+    model: PreTrainedModel, batch, engine: str, conditions, attention: str = "auto"
+) -> dict[str, Callable[[], None]]:
+    """The two parts of a step as thunks (the policy part reuses reference values, as training does).
+    ``attention`` is the shared engine's tree attention (``auto``: flex on CUDA, sdpa elsewhere)."""
+    reference = reference_pass(model, batch, engine, conditions, attention)
     return {
-        "reference": lambda: reference_pass(model, batch, engine, conditions),
-        "policy": lambda: policy_pass(model, batch, engine, conditions, reference),
+        "reference": lambda: reference_pass(model, batch, engine, conditions, attention),
+        "policy": lambda: policy_pass(model, batch, engine, conditions, reference, attention),
     }
 
 

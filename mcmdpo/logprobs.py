@@ -18,7 +18,9 @@ autograd) and packs the conditions of a sample as a prefix tree into ONE row::
 A 4-D boolean attention mask (True = attend; sdpa) lets every token see exactly its ancestors, and
 explicit position ids restart each branch where its parent ends, so every token sees the same
 keys at the same positions as in its naive sequence. The LM head runs only on the positions that
-predict answer tokens. Rows are right-padded; pad tokens attend only to themselves.
+predict answer tokens. Rows are right-padded; pad tokens attend only to themselves. On CUDA the same
+mask runs as FlexAttention with a block-sparse ``BlockMask`` (``attention="auto"``; see
+:mod:`mcmdpo.attention`), SDPA with the boolean mask elsewhere.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
+from mcmdpo.attention import TreeAttention, enable_tree_attention, resolve_attention, tree_block_mask
 from mcmdpo.losses import CONDITIONS
 from mcmdpo.model.images import ImageMode, encode_images, image_encoder_outputs, num_image_tokens
 from mcmdpo.model.images import preprocess_image as _preprocess_image
@@ -128,12 +131,13 @@ def sequence_logprobs(
     engine: Engine = "shared",
     mode: ImageMode = "pad",
     conditions: Sequence[str] = CONDITIONS,
+    attention: TreeAttention = "auto",
 ) -> dict[str, torch.Tensor]:
-    """Dispatch to :func:`naive_logprobs` or :func:`shared_logprobs`."""
+    """Dispatch to :func:`naive_logprobs` or :func:`shared_logprobs` (``attention``: shared only)."""
     if engine == "naive":
         return naive_logprobs(model, batch, mode=mode, conditions=conditions)
     if engine == "shared":
-        return shared_logprobs(model, batch, mode=mode, conditions=conditions)
+        return shared_logprobs(model, batch, mode=mode, conditions=conditions, attention=attention)
     raise ValueError(f"engine must be 'naive' or 'shared' (got {engine!r})")
 
 
@@ -306,12 +310,20 @@ def shared_logprobs(
     *,
     mode: ImageMode = "pad",
     conditions: Sequence[str] = CONDITIONS,
+    attention: TreeAttention = "auto",
 ) -> dict[str, torch.Tensor]:
-    """Vision once per distinct image + one prefix-tree row per sample (see the module docstring)."""
+    """Vision once per distinct image + one prefix-tree row per sample (see the module docstring).
+
+    ``attention``: ``sdpa`` (dense boolean mask), ``flex`` (FlexAttention + BlockMask; forward only
+    on CPU) or ``auto`` (flex on CUDA, sdpa elsewhere).
+    """
     rows = [build_tree_row(s, conditions, model.config.image_token_id) for s in batch]
     pixels, sizes = zip(*[im for row in rows for im in row.images], strict=True)
     features = encode_images(model, list(pixels), list(sizes), mode)
-    input_ids, positions, mask = _pack_rows(rows, _pad_id(model), model.device)
+    kind = resolve_attention(attention, model, model.device)
+    if kind == "flex":
+        enable_tree_attention(model)
+    input_ids, positions, mask = _pack_rows(rows, _pad_id(model), model.device, kind)
     hidden = model.model(
         input_ids=input_ids,
         attention_mask=mask,
@@ -323,16 +335,22 @@ def shared_logprobs(
 
 
 def _pack_rows(
-    rows: Sequence[TreeRow], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rows: Sequence[TreeRow], pad_id: int, device: torch.device, attention: str = "sdpa"
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
     width = max(len(r.ids) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     for b, row in enumerate(rows):
         input_ids[b, : len(row.ids)] = torch.tensor(row.ids)
         positions[b, : len(row.ids)] = torch.tensor(row.positions)
-    mask = tree_attention_mask(rows, width)
-    return input_ids.to(device), positions.to(device), mask.to(device)
+    return input_ids.to(device), positions.to(device), _tree_mask(rows, width, device, attention)
+
+
+def _tree_mask(rows: Sequence[TreeRow], width: int, device: torch.device, attention: str) -> Any:
+    """The boolean ``[B, 1, L, L]`` mask (sdpa) or the ``BlockMask`` (flex) of the packed rows."""
+    if attention == "flex":
+        return tree_block_mask(rows, width, device)
+    return tree_attention_mask(rows, width).to(device)
 
 
 def _answer_sums(

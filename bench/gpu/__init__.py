@@ -1,0 +1,1 @@
+"""Parts of ``bench/gpu_suite.py`` (a package, so that ``make bench`` does not run them as scripts)."""
