@@ -24,6 +24,7 @@ from mcmdpo.attention import (
     tree_tables,
 )
 from mcmdpo.benchmarks import Item
+from mcmdpo.generate import BatchGenerator, GenerationConfig
 from mcmdpo.logprobs import (
     PreferenceTokens,
     build_tree_row,
@@ -33,7 +34,6 @@ from mcmdpo.logprobs import (
 )
 from mcmdpo.losses import CONDITIONS
 from mcmdpo.model import build_tiny_llava, load_llava
-from mcmdpo.generate import BatchGenerator, GenerationConfig
 
 HALLUCINATION = ("mw_cw_yw", "mw_cw_yl", "ml_cw_yw", "ml_cw_yl")
 IMAGE_ID = 4  # <image> of the tiny tokenizer; never drawn below (ids start at 5)

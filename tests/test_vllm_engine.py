@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from mcmdpo.benchmarks import Item
-from mcmdpo.model import build_tiny_llava, encode_images, load_llava, preprocess_image
 from mcmdpo.generate import BatchGenerator, GenerationConfig
+from mcmdpo.model import build_tiny_llava, encode_images, load_llava, preprocess_image
 from mcmdpo.vllm_engine import (
     PadEncoder,
     VllmGenerator,
