@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from bench import logprobs as _flops_bench  # noqa: E402,F401  (sets TRANSFORMERS_DISABLE_TORCH_CHECK first)
+from bench import logprobs as _flops_bench  # noqa: E402,F401
 from bench.gpu import common  # noqa: E402
 
 EXIT_NO_CUDA = 2

@@ -31,8 +31,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-os.environ.setdefault("TRANSFORMERS_DISABLE_TORCH_CHECK", "1")  # value checks cannot run on "meta"
-
 import torch
 import transformers.masking_utils as masking_utils
 from torch.utils.flop_counter import FlopCounterMode
@@ -160,18 +158,29 @@ STEPS = {  # name -> (engine, conditions, reference weight)
 @contextlib.contextmanager
 def meta_friendly_masks() -> Iterator[None]:
     """transformers reads mask *values* to detect packed sequences (impossible on "meta"); the FLOP
-    batches are unpadded and unpacked, so "no packing" is the right answer."""
+    batches are unpadded and unpacked, so "no packing" is the right answer. Its value checks
+    (``torch_compilable_check``) cannot run on "meta" either: they are off inside this block only
+    (an import-time switch would silence them for everything else in the process)."""
     original = masking_utils.find_packed_sequence_indices
+    previous = os.environ.get(CHECK_ENV)
     masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    os.environ[CHECK_ENV] = "1"
     try:
         yield
     finally:
         masking_utils.find_packed_sequence_indices = original
+        if previous is None:
+            os.environ.pop(CHECK_ENV, None)
+        else:
+            os.environ[CHECK_ENV] = previous
+
+
+CHECK_ENV = "TRANSFORMERS_DISABLE_TORCH_CHECK"
 
 
 def count_flops(fn: Callable[[], None]) -> int:
-    """Total FLOPs of ``fn`` (matmuls, convolutions, attention)."""
-    with FlopCounterMode(display=False) as counter:
+    """Total FLOPs of ``fn`` (matmuls, convolutions, attention), counted on any device."""
+    with meta_friendly_masks(), FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
 

@@ -50,10 +50,29 @@ def atomic_path(final: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it for longer than one call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path | str) -> None:
+    """Give ``path`` (and everything below it) the modes plain ``open``/``mkdir`` would: 0666/0777
+    minus the umask. Some writers (``tempfile.mkstemp``, safetensors) create files 0600, which other
+    members of a group on a shared cluster could not read."""
+    mask = current_umask()
+    path = Path(path)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600 files
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

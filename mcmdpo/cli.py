@@ -9,17 +9,32 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
-out = Console()
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Reproduce and extend MCM-DPO on SLURM clusters: recipes -> jobs -> tables and figures.",
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True, highlight=False)  # lines are never wrapped; tables fit the width
 err = Console(stderr=True, soft_wrap=True, highlight=False)  # errors: one line each, never wrapped
 OPTIONS = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from mcmdpo import __version__
+
+        print(f"mcmdpo {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option("--debug", help="show the traceback of an error")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
+    ] = False,
 ) -> None:
     """Reproduce and extend MCM-DPO on SLURM clusters: recipes -> submitit jobs -> tables."""
     OPTIONS["debug"] = debug
@@ -31,27 +46,16 @@ ProtocolOpt = Annotated[list[str], typer.Option(help="paper and/or coco (repeat 
 
 
 def _load(recipe: Path, overrides: list[str]):  # noqa: ANN202 - Recipe, imported lazily
-    from mcmdpo.recipe import RecipeError, load_recipe
+    from mcmdpo.recipe import load_recipe
 
-    try:
-        return load_recipe(recipe, overrides)
-    except RecipeError as exc:
-        err.print(f"[red]error:[/red] {len(exc.problems)} problem(s) in the recipe", highlight=False)
-        for problem in exc.problems:
-            err.print(str(problem), markup=False, highlight=False)
-        raise typer.Exit(2) from None
+    return load_recipe(recipe, overrides)  # a RecipeError is printed by main(): one line per problem
 
 
 @app.command()
 def validate(recipe: RecipeArg, set_: SetOpt = None) -> None:  # type: ignore[assignment]
     """Check a recipe and print it resolved (defaults filled in, overrides applied, sweep expanded)."""
-    from mcmdpo.recipe.toml import dump_toml
-
     loaded = _load(recipe, set_ or [])
-    doc = dict(loaded.doc)
-    if loaded.sweep:
-        doc["sweep"] = {f'"{k}"': v for k, v in loaded.sweep.items()}
-    sys.stdout.write(dump_toml(doc))
+    sys.stdout.write(loaded.resolved_toml())
     points = len(loaded.variants) if loaded.sweep else 1
     err.print(f"ok: {recipe} ({len(loaded.stages)} stages, {points} sweep point(s))", highlight=False)
 
@@ -62,51 +66,157 @@ def submit(
     set_: SetOpt = None,  # type: ignore[assignment]
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, submit nothing")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as JSON")] = False,
+    rerun: Annotated[
+        str, typer.Option(help="STAGE[,STAGE]: run these stages (and what reads them) again")
+    ] = "",
+    wait: Annotated[bool, typer.Option("--wait", help="wait for a running submission of this run")] = False,
 ) -> None:
     """Plan the recipe and submit every task that is not done yet (re-run it any time to resume)."""
+    from mcmdpo import display
     from mcmdpo.launch import submit as submit_plan
 
     loaded = _load(recipe, set_ or [])
     if as_json and not dry_run:
         raise typer.BadParameter("--json needs --dry-run")
-    report = submit_plan(loaded, dry_run=dry_run, progress=lambda line: err.print(line, highlight=False))
-    if as_json:
-        sys.stdout.write(json.dumps(report.plan.to_json(), indent=2) + "\n")
-        return
-    out.print(_plan_table(report))
     if dry_run:
-        out.print(f"dry run: nothing submitted; run dir would be {report.plan.run_dir}")
+        report = submit_plan(loaded, dry_run=True)
+        if as_json:
+            sys.stdout.write(json.dumps(report.plan.to_json(), indent=2) + "\n")
+            return
+        out.print(display.plan_table(report))
+        out.print(Text(f"dry run: nothing submitted; run dir would be {report.plan.run_dir}"))
         return
-    out.print(f"run dir: {report.plan.run_dir}   (mcmdpo status {report.plan.run_dir})")
+    out.print(display.plan_table(submit_plan(loaded, dry_run=True)))
+    observer = display.LiveObserver(err) if err.is_terminal else display.LineObserver(err)
+    try:
+        report = submit_plan(loaded, observer=observer, rerun=_stages(rerun), wait=wait, overrides=set_ or [])
+    except KeyboardInterrupt:
+        if OPTIONS["debug"]:
+            raise
+        err.print("interrupted; re-submit to resume (finished tasks are kept)", markup=False)
+        raise typer.Exit(130) from None
+    finally:
+        getattr(observer, "close", lambda: None)()
+    _finish(report)
+
+
+def _stages(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _finish(report) -> None:  # noqa: ANN001 - SubmitReport, imported lazily
+    """The real counts, the results table (when scores exist), and the exit code."""
+    from mcmdpo import display
+    from mcmdpo.status import run_status
+
+    result = run_status(report.plan.run_dir)
+    out.print(display.status_table(result))
+    for line in display.failed_details(result):
+        err.print(line)
+    table = _results(report.plan.run_dir)
+    if table is not None:
+        out.print(table)
+    out.print(Text(f"run dir: {report.plan.run_dir}   (mcmdpo status {report.plan.run_dir})"))
     if not report.ok:
-        err.print(f"[red]not finished:[/red] {report.blocked_by or 'failed tasks'}")
+        err.print(Text(f"not finished: {report.blocked_by or 'failed tasks'}", style="red"))
         raise typer.Exit(1)
+
+
+def _results(run_dir: Path):  # noqa: ANN202 - a rich Table or None
+    try:
+        from mcmdpo.report.outputs import results_table
+    except ImportError:  # the report's extras are not installed
+        return None
+    return results_table([run_dir])
 
 
 @app.command()
 def status(
     run_dir: Annotated[Path, typer.Argument(help="a run directory (<output_root>/<run.name>)")],
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable, with output paths")] = False,
+    all_plans: Annotated[bool, typer.Option("--all", help="also tasks of earlier plans of the run")] = False,
 ) -> None:
-    """Tasks done / running / pending / failed per stage, requeues, and where failed tasks logged."""
+    """Tasks done / running / pending / failed per stage, requeues, and where failed tasks logged.
+
+    Exits 1 when a task failed.
+    """
+    from mcmdpo import display
     from mcmdpo.status import run_status
 
-    try:
-        result = run_status(run_dir)
-    except FileNotFoundError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    result = run_status(run_dir, all_plans=all_plans)
+    failed = sum(s["failed"] for s in result["stages"])
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        out.print(display.status_table(result))
+        running = [t for s in result["stages"] for t in s["task_status"] if t["state"] == "running"]
+        if running:
+            out.print(display.running_table(running))
+        for line in display.failed_details(result):
+            out.print(line)
+        _earlier(result.get("earlier"))
+        table = _results(Path(run_dir))
+        if table is not None:
+            out.print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _earlier(rows: list | None) -> None:
+    if rows is None:
         return
-    out.print(_status_table(result))
-    for stage in result["stages"]:
-        for task in stage["task_status"]:
-            if task["state"] == "failed":
-                out.print(f"[red]failed[/red] {stage['stage']}/{task['task_id']}: {task.get('error', '')}")
-                out.print(f"  log: {task.get('log') or '-'}", highlight=False)
-                if task.get("last_log_line"):
-                    out.print(f"  last line: {task['last_log_line']}", markup=False, highlight=False)
+    out.print(Text(f"{len(rows)} task(s) of earlier plans not in the current one"))
+    for row in rows:
+        out.print(Text(f"  {row['stage']}/{row['task_id']}: {row['state']} ({row['plan']}, {row['dir']})"))
+
+
+@app.command()
+def runs(
+    root: Annotated[Path, typer.Argument(help="folder holding run dirs (default: runs)")] = Path("runs"),
+) -> None:
+    """Every run dir below ROOT with its task counts and last submission."""
+    from mcmdpo import display
+    from mcmdpo.status import list_runs
+
+    out.print(display.runs_table(list_runs(root)))
+
+
+@app.command()
+def cancel(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
+    """Stop a run: scancel its SLURM jobs, or interrupt its local submission and tasks."""
+    from mcmdpo.launch import cancel as cancel_run
+
+    for line in cancel_run(run_dir) or ["nothing to stop: no task of this run is queued or running"]:
+        out.print(Text(line))
+
+
+@app.command()
+def verify(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
+    """Check every finished task's outputs against the sizes and sha256 recorded in its DONE."""
+    from mcmdpo.recovery import verify_run
+
+    checked, problems = verify_run(run_dir)
+    for line in problems:
+        out.print(Text(line))
+    out.print(Text(f"{checked} finished task(s) checked, {len(problems)} problem(s)"))
+    if problems:
+        out.print(Text("re-submit the recipe: damaged tasks are set aside and run again"))
+        raise typer.Exit(1)
+
+
+@app.command()
+def clean(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    yes: Annotated[bool, typer.Option("--yes", help="delete (default: only list)")] = False,
+    latest: Annotated[bool, typer.Option("--latest", help="keep only the current plan's tasks")] = False,
+) -> None:
+    """Task folders no plan of the run refers to, and outputs set aside by --rerun (dry by default)."""
+    from mcmdpo.recovery import clean_run
+
+    found = clean_run(run_dir, delete=yes, latest_only=latest)
+    for path in found:
+        out.print(Text(f"{'deleted' if yes else 'would delete'} {path}"))
+    out.print(Text(f"{len(found)} folder(s){'' if yes else ' (dry run: --yes deletes them)'}"))
 
 
 @app.command()
@@ -186,49 +296,20 @@ def assets_check(
         raise typer.Exit(1)
 
 
-def _plan_table(report) -> Table:  # noqa: ANN001
-    table = Table(title=f"plan: {report.plan.run_name}")
-    for col in ("stage", "tasks", "done", "to run", "resources", "after"):
-        table.add_column(col)
-    for stage, rep in zip(report.plan.stages, report.stages, strict=False):
-        r = stage.resources
-        res = (
-            f"{r['nodes']}x{r['tasks_per_node']} tasks, {r['gpus_per_node']} gpu, {r['cpus_per_task']} cpu, "
-        )
-        res += f"{r['mem_gb']:g}G, {r['timeout_min']:g} min"
-        inst = f" ({len(stage.instances)} variants)" if len(stage.instances) > 1 else ""
-        todo = rep.total - rep.done
-        table.add_row(
-            stage.name, f"{rep.total}{inst}", str(rep.done), str(todo), res, ", ".join(stage.after) or "-"
-        )
-    return table
-
-
-def _status_table(result: dict) -> Table:
-    table = Table(title=f"{result['run']} ({result['executor']})")
-    for col in ("stage", "tasks", "done", "running", "pending", "failed", "requeues", "notes"):
-        table.add_column(col)
-    for s in result["stages"]:
-        notes = ", ".join(f"{k}={v:g}" for k, v in s["summary"].items())
-        table.add_row(
-            s["stage"],
-            *(str(s[k]) for k in ("tasks", "done", "running", "pending", "failed", "requeues")),
-            notes,
-        )
-    return table
-
-
 def main() -> None:
     """The console script: user errors become one line on stderr (exit 2) unless ``--debug``."""
     from mcmdpo.errors import McmdpoError
+    from mcmdpo.recipe import RecipeError
 
     try:
         app()
     except McmdpoError as exc:
         if OPTIONS["debug"]:
             raise
-        err.print(f"error: {exc.one_line()}", markup=False, highlight=False)
-        sys.exit(2)
+        lines = [str(p) for p in exc.problems] if isinstance(exc, RecipeError) else [exc.one_line()]
+        for line in lines:
+            err.print(f"error: {line}", markup=False, highlight=False)
+        sys.exit(getattr(exc, "exit_code", 2))
 
 
 if __name__ == "__main__":

@@ -28,19 +28,26 @@ class McmdpoError(Exception):
         self.message, self.file, self.line, self.record, self.field = message, file, line, record, field
         super().__init__(self.render())
 
-    def render(self) -> str:
+    def render(self, field: bool = True) -> str:
+        """``file:line: record: field: message`` (the parts that are known)."""
         parts = []
         if self.file is not None:
             parts.append(f"{self.file}:{self.line}" if self.line else str(self.file))
         if self.record:
             parts.append(self.record)
-        if self.field:
+        if self.field and field:
             parts.append(self.field)
         return ": ".join([*parts, self.message])
 
     def one_line(self) -> str:
         """The message on one line (continuation lines joined with ' | ')."""
         return " | ".join(line.strip() for line in str(self).splitlines() if line.strip())
+
+
+def record_ref(position: int) -> str:
+    """How every message names a record: ``record N``, 1-based (the Nth record of its file; in a
+    JSONL file the Nth non-blank line)."""
+    return f"record {position + 1}"
 
 
 class ConfigError(McmdpoError, ValueError):

@@ -190,7 +190,8 @@ def generate_items(
         generator = load_generator(model_dir, config)
         load_s = time.time() - started
         batches = [pending[s : s + config.batch_size] for s in range(0, len(pending), config.batch_size)]
-        ledger.run(ctx, batches, lambda batch: _records(batch, generator, config, fields))
+        compute = lambda batch: _records(batch, generator, config, fields)  # noqa: E731
+        ledger.run(ctx, batches, compute, done=len(items) - len(pending), total=len(items))
     by_id = {id_key(r["id"]): r for r in ledger.resume()}
     records = [by_id[id_key(it.id)] for it in items]
     seconds = time.time() - started - load_s

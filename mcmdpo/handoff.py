@@ -270,6 +270,19 @@ def stage_spec(doc: Mapping[str, Any], stage: str) -> Any:
     return get_stage(stage).spec.model_validate(doc.get(stage) or {})
 
 
+def processor_dir(ctx: TaskContext, mode: str, fallback: str | None) -> Path | None:
+    """The image processor's folder: the ``model`` stage's HF folder, else ``fallback``, else None
+    (the built-in LLaVA-1.6 processor). A model stage that declares another image ``mode`` gets a
+    warning (the weights work in both modes, but training should use the mode of the shards)."""
+    tasks = ctx.inputs.get("model")
+    if not tasks:
+        return Path(fallback) if fallback else None
+    declared = declared_mode(ctx)
+    if declared is not None and declared != mode:
+        ctx.log.warning("precompute.mode = %r but the model stage declares mode %r", mode, declared)
+    return model_dir(tasks[0])
+
+
 def declared_mode(ctx: TaskContext) -> str | None:
     """The image mode the ``model`` stage recorded in ``model.json`` (None without one)."""
     return upstream_model_info(ctx, prefer=("model",)).get("mode")

@@ -1,25 +1,37 @@
 """Submit a plan through submitit: SLURM arrays chained with afterok, local processes, or in-process.
 
-Re-submitting is always safe: DONE tasks are skipped, tasks whose SLURM job is still queued or
-running are left alone (and become dependencies), and only the rest is submitted.
+Re-submitting is always safe: DONE tasks are skipped (unless their outputs were damaged since, or
+``--rerun`` names their stage), tasks whose SLURM job is still queued or running are left alone (and
+become dependencies), a local task still running from an earlier submission is adopted (waited for,
+not started twice), and only the rest is submitted. One submission at a time per run dir
+(:mod:`mcmdpo.lock`). Every submission records who ran what with which overrides and the resolved
+recipe (``submissions/NNNN.json``, ``plans/NNNN.json``, ``recipe.toml``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import math
+import signal
+import socket
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import submitit
 
-from mcmdpo import scheduler
-from mcmdpo.artifacts import read_json, write_json_atomic, write_text_atomic
+from mcmdpo import __version__, recovery, scheduler
+from mcmdpo.artifacts import append_event, read_events, write_json_atomic, write_text_atomic
+from mcmdpo.lock import run_lock
 from mcmdpo.plan import Plan, PlannedStage, PlannedTask, build_plan
 from mcmdpo.recipe import Recipe
 from mcmdpo.runtime import TaskPayload, TaskRunner
+from mcmdpo.status import previous_jobs
 
 
 @dataclass
@@ -39,33 +51,69 @@ class SubmitReport:
     stages: list[StageReport]
     submission: Path | None = None
     blocked_by: str = ""
+    set_aside: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.blocked_by and not any(s.failed for s in self.stages)
 
 
+class Observer:
+    """What a submission tells its caller; the CLI shows it (one line per change, or live on a TTY)."""
+
+    def message(self, text: str) -> None:
+        """A note (a lock taken over, a damaged output set aside, a stage summary)."""
+
+    def task(self, task: PlannedTask, state: str, detail: str = "", log: str = "") -> None:
+        """A task changed state: ``submitted``, ``adopted``, ``done``, ``failed`` (``detail``: why,
+        ``log``: where the failed task logged)."""
+
+    def tick(self, plan: Plan, running: Sequence[PlannedTask]) -> None:
+        """Called about every 0.2 s while local tasks run (a live display re-reads their progress)."""
+
+
+class _Messages(Observer):
+    def __init__(self, progress: Callable[[str], None]):
+        self.progress = progress
+
+    def message(self, text: str) -> None:
+        self.progress(text)
+
+    def task(self, task: PlannedTask, state: str, detail: str = "", log: str = "") -> None:
+        if state == "failed":
+            self.progress(f"{task.stage}/{task.task_id}: FAILED ({detail}); log: {log or '-'}")
+
+
 def submit(
-    recipe: Recipe, *, dry_run: bool = False, progress: Callable[[str], None] | None = None
+    recipe: Recipe,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[str], None] | None = None,
+    observer: Observer | None = None,
+    rerun: Sequence[str] = (),
+    wait: bool = False,
+    overrides: Sequence[str] = (),
 ) -> SubmitReport:
     """Plan ``recipe`` and submit every task that is neither done nor still alive in the scheduler."""
     plan = build_plan(recipe)
-    reports = [_stage_report(plan, s) for s in plan.stages]
+    observer = observer or _Messages(progress or (lambda _: None))
     if dry_run:
-        return SubmitReport(plan, reports)
-    paths = plan.paths
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(paths.plan, plan.to_json())
-    write_text_atomic(paths.recipe, recipe.path.read_text())
-    record = _new_submission(plan)
-    launcher = _LAUNCHERS[plan.executor](plan, recipe, record, progress or (lambda _: None))
-    report = SubmitReport(plan, reports, record["path"])
-    for stage, rep in zip(plan.stages, reports, strict=False):
-        blocked = launcher.launch(stage, rep)
-        _save_submission(record)
-        if blocked:
-            report.blocked_by = blocked
-            break
+        return SubmitReport(plan, [_stage_report(plan, s) for s in plan.stages])
+    plan.paths.run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(plan.run_dir, wait=wait, warn=observer.message):
+        aside = recovery.prepare_resubmit(plan, rerun, observer.message)
+        record = _new_submission(plan, recipe, overrides)
+        report = SubmitReport(
+            plan, [_stage_report(plan, s) for s in plan.stages], record["path"], set_aside=aside
+        )
+        launcher = _LAUNCHERS[plan.executor](plan, recipe, record, observer)
+        for stage, rep in zip(plan.stages, report.stages, strict=True):
+            blocked = launcher.launch(stage, rep)
+            _save_submission(record)
+            if blocked:
+                report.blocked_by = blocked
+                break
+        recovery.drop_replaced(plan)
     return report
 
 
@@ -74,15 +122,26 @@ def _stage_report(plan: Plan, stage: PlannedStage) -> StageReport:
     return StageReport(stage.name, len(stage.tasks), done=done)
 
 
-def _new_submission(plan: Plan) -> dict[str, Any]:
-    folder = plan.paths.submissions
-    folder.mkdir(parents=True, exist_ok=True)
-    number = 1 + max((int(p.stem) for p in folder.glob("[0-9]*.json")), default=0)
+def _new_submission(plan: Plan, recipe: Recipe, overrides: Sequence[str]) -> dict[str, Any]:
+    """Number the submission; write plan.json, plans/NNNN.json and the resolved recipe.toml."""
+    paths = plan.paths
+    paths.submissions.mkdir(parents=True, exist_ok=True)
+    number = 1 + max((int(p.stem) for p in paths.submissions.glob("[0-9]*.json")), default=0)
+    write_json_atomic(paths.plan, plan.to_json())
+    write_json_atomic(paths.plans / f"{number:04d}.json", plan.to_json())
+    write_text_atomic(paths.recipe, recipe.resolved_toml())
     return {
-        "path": folder / f"{number:04d}.json",
+        "path": paths.submissions / f"{number:04d}.json",
         "number": number,
         "time": time.time(),
         "executor": plan.executor,
+        "recipe_file": str(recipe.path.absolute()),
+        "overrides": list(overrides),
+        "recipe": recipe.resolved_doc(),
+        "argv": sys.argv,
+        "user": getpass.getuser(),
+        "host": socket.gethostname(),
+        "mcmdpo": __version__,
         "stages": {},
         "jobs": {},
     }
@@ -90,17 +149,6 @@ def _new_submission(plan: Plan) -> dict[str, Any]:
 
 def _save_submission(record: dict[str, Any]) -> None:
     write_json_atomic(record["path"], {k: v for k, v in record.items() if k != "path"})
-
-
-def previous_jobs(plan: Plan) -> dict[str, str]:
-    """task id -> job id of its latest submission (older records first, newer ones win)."""
-    jobs: dict[str, str] = {}
-    for path in sorted(plan.paths.submissions.glob("[0-9]*.json")):
-        try:
-            jobs.update(read_json(path).get("jobs", {}))
-        except (OSError, ValueError):
-            continue
-    return jobs
 
 
 def payload(plan: Plan, task: PlannedTask) -> TaskPayload:
@@ -120,15 +168,19 @@ def payload(plan: Plan, task: PlannedTask) -> TaskPayload:
     )
 
 
+def job_python() -> str:
+    """The interpreter command jobs run: ``-P`` keeps the submit directory off ``sys.path``, so a
+    stray ``mcmdpo/`` folder there cannot shadow the installed package (plugins still load: they are
+    looked up in the submit directory explicitly)."""
+    return f"{sys.executable} -P" if sys.version_info >= (3, 11) else sys.executable
+
+
 class _Launcher:
-    def __init__(self, plan: Plan, recipe: Recipe, record: dict[str, Any], progress: Callable[[str], None]):
-        self.plan, self.recipe, self.record, self.progress = plan, recipe, record, progress
+    def __init__(self, plan: Plan, recipe: Recipe, record: dict[str, Any], observer: Observer):
+        self.plan, self.recipe, self.record, self.observer = plan, recipe, record, observer
 
     def pending(self, stage: PlannedStage) -> list[PlannedTask]:
         return [t for t in stage.tasks if not self.plan.paths.done(stage.name, t.task_id).exists()]
-
-    def executor(self, stage: PlannedStage) -> submitit.Executor:
-        raise NotImplementedError
 
     def launch(self, stage: PlannedStage, report: StageReport) -> str:
         """Submit the stage's pending tasks; return a reason to stop submitting later stages, or ''."""
@@ -140,7 +192,7 @@ class _SlurmLauncher(_Launcher):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self.previous = previous_jobs(self.plan)
+        self.previous = previous_jobs(self.plan.run_dir)
         self.stage_jobs: dict[str, list[str]] = {}
 
     def executor(self, stage: PlannedStage) -> submitit.Executor:
@@ -149,6 +201,7 @@ class _SlurmLauncher(_Launcher):
             folder=self.plan.paths.logs(stage.name),
             cluster="slurm",
             slurm_max_num_timeout=res["max_requeues"],
+            slurm_python=job_python(),
         )
         optional = {f"slurm_{k}": res[k] for k in ("partition", "account", "qos", "constraint") if res[k]}
         deps = sorted({j.split("_")[0] for d in stage.after for j in self.stage_jobs.get(d, [])})
@@ -184,8 +237,13 @@ class _SlurmLauncher(_Launcher):
             self.record["jobs"].update({t.task_id: i for t, i in zip(todo, ids, strict=False)})
             report.array_job_id = ids[0].split("_")[0]
             report.submitted = len(todo)
+            for task in todo:
+                self.observer.task(task, "submitted", report.array_job_id)
         self.record["stages"][stage.name] = {"array": report.array_job_id, "submitted": report.submitted}
-        self.progress(f"{stage.name}: {report.submitted} submitted (array {report.array_job_id or '-'})")
+        array = report.array_job_id or "-"
+        self.observer.message(
+            f"{stage.name}: {report.submitted} submitted (array {array}), {len(live)} in the queue"
+        )
         return ""
 
 
@@ -199,7 +257,7 @@ class _LocalLauncher(_Launcher):
         folder = self.plan.paths.logs(stage.name)
         if self.cluster == "debug":
             return submitit.DebugExecutor(folder=folder)
-        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=res["max_requeues"])
+        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=res["max_requeues"], python=job_python())
         ex.update_parameters(
             timeout_min=res["timeout_min"],
             tasks_per_node=res["tasks_per_node"],
@@ -211,28 +269,98 @@ class _LocalLauncher(_Launcher):
         todo = self.pending(stage)
         if not todo:
             return ""
-        ex = self.executor(stage)
-        limit = 1 if self.cluster == "debug" else self.recipe.cluster.max_parallel
-        running: list[tuple[PlannedTask, submitit.Job]] = []
-        queue = list(todo)
-        while queue or running:
-            while queue and len(running) < limit:
-                task = queue.pop(0)
-                job = ex.submit(TaskRunner(), payload(self.plan, task))
-                self.record["jobs"][task.task_id] = str(job.job_id)
-                running.append((task, job))
-                _save_submission(self.record)
-            finished = [(t, j) for t, j in running if j.done()]
-            for task, job in finished:
-                running.remove((task, job))
-                if not self.plan.paths.done(stage.name, task.task_id).exists():
-                    report.failed.append(task.task_id)
-                    self.progress(f"{stage.name}/{task.task_id}: FAILED ({_job_error(job)})")
-            if running and not finished:
-                time.sleep(0.2)
-        report.submitted = len(todo)
-        self.progress(f"{stage.name}: {len(todo) - len(report.failed)}/{len(todo)} tasks finished")
+        run = _LocalStage(self, stage, report)
+        try:
+            run.run(todo)
+        except KeyboardInterrupt:
+            run.cancel()
+            raise
+        report.submitted = len(run.started)
+        finished = len(todo) - len(report.failed)
+        self.observer.message(f"{stage.name}: {finished}/{len(todo)} tasks finished")
         return f"stage {stage.name} has failed tasks" if report.failed else ""
+
+
+class _LocalStage:
+    """One stage's tasks on this machine: started, adopted (still running from an earlier
+    submission), polled until each ends."""
+
+    def __init__(self, launcher: _LocalLauncher, stage: PlannedStage, report: StageReport):
+        self.launcher, self.stage, self.report = launcher, stage, report
+        self.plan, self.observer = launcher.plan, launcher.observer
+        self.limit = 1 if launcher.cluster == "debug" else launcher.recipe.cluster.max_parallel
+        self.running: dict[str, tuple[PlannedTask, Any]] = {}  # task id -> (task, job or adopted pid)
+        self.started: list[PlannedTask] = []
+
+    def run(self, todo: list[PlannedTask]) -> None:
+        queue, previous = [], previous_jobs(self.plan.run_dir)
+        for task in todo:
+            pid = recovery.live_local_pid(self.plan.paths, task, previous.get(task.task_id, ""))
+            if pid is None:
+                queue.append(task)
+            else:
+                self.running[task.task_id] = (task, pid)
+                self.observer.task(task, "adopted", f"pid {pid}")
+        executor = self.launcher.executor(self.stage) if queue else None
+        while queue or self.running:
+            while queue and len(self.running) < self.limit:
+                self._start(executor, queue.pop(0))
+            if not self._reap():
+                self.observer.tick(self.plan, [t for t, _ in self.running.values()])
+                time.sleep(0.2)
+
+    def _start(self, executor: submitit.Executor, task: PlannedTask) -> None:
+        with _children_ignore_sigint():
+            job = executor.submit(TaskRunner(), payload(self.plan, task))
+        self.launcher.record["jobs"][task.task_id] = str(job.job_id)
+        _save_submission(self.launcher.record)
+        self.running[task.task_id] = (task, job)
+        self.started.append(task)
+        self.observer.task(task, "submitted", str(job.job_id))
+
+    def _reap(self) -> bool:
+        """Handle the tasks that ended; True when any did."""
+        ended = [(t, j) for t, j in self.running.values() if _ended(j)]
+        for task, job in ended:
+            del self.running[task.task_id]
+            if self.plan.paths.done(task.stage, task.task_id).exists():
+                self.observer.task(task, "done")
+            else:
+                self.report.failed.append(task.task_id)
+                self.observer.task(
+                    task, "failed", _job_error(job, self.plan, task), _log(job, self.plan, task)
+                )
+        return bool(ended)
+
+    def cancel(self) -> None:
+        """Ctrl-C: stop the tasks this submission started (adopted ones are left running)."""
+        for task, job in self.running.values():
+            if not isinstance(job, int):
+                job.cancel(check=False)
+                append_event(
+                    self.plan.paths.events(task.stage, task.task_id), "cancelled", host=socket.gethostname()
+                )
+
+
+@contextlib.contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Local jobs start with SIGINT ignored (inherited through exec; Python then installs no
+    KeyboardInterrupt handler): a Ctrl-C reaches only the submitting process, which stops its jobs
+    itself instead of every controller printing a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ended(job: Any) -> bool:
+    if isinstance(job, int):
+        return not scheduler.pid_alive(job)
+    return bool(job.done())
 
 
 class _DebugLauncher(_LocalLauncher):
@@ -241,7 +369,21 @@ class _DebugLauncher(_LocalLauncher):
     cluster = "debug"
 
 
-def _job_error(job: submitit.Job) -> str:
+def _log(job: Any, plan: Plan, task: PlannedTask) -> str:
+    """Where a local task logged (its last start event; else submitit's stderr file)."""
+    starts = [e for e in read_events(plan.paths.events(task.stage, task.task_id)) if e["event"] == "start"]
+    if starts and starts[-1].get("log"):
+        return str(starts[-1]["log"])
+    return "" if isinstance(job, int) else str(job.paths.stderr)
+
+
+def _job_error(job: Any, plan: Plan, task: PlannedTask) -> str:
+    events = read_events(plan.paths.events(task.stage, task.task_id))
+    failed = [e for e in events if e["event"] == "failed"]
+    if failed:
+        return str(failed[-1].get("error", "failed"))
+    if isinstance(job, int):
+        return f"the adopted process {job} ended without DONE"
     if not job.paths.result_pickle.exists():  # killed: submitit would wait for a result that never comes
         return "the job ended without a result (killed?)"
     try:
@@ -249,6 +391,22 @@ def _job_error(job: submitit.Job) -> str:
     except Exception as err:  # submitit raises when the job died without a result pickle
         return f"{type(err).__name__}: {err}".splitlines()[0]
     return f"{type(exc).__name__}: {exc}".splitlines()[0] if exc else "no DONE marker"
+
+
+def cancel(run_dir: Path) -> list[str]:
+    """Stop a run: scancel its live SLURM jobs, or signal its local tasks and its submitting process."""
+    from mcmdpo.plan import load_plan
+    from mcmdpo.status import run_status
+
+    plan = load_plan(Path(run_dir))
+    status = run_status(plan.run_dir)
+    alive = [t for s in status["stages"] for t in s["task_status"] if t["state"] in ("running", "pending")]
+    if plan.executor == "slurm":
+        jobs = sorted({t["job_id"] for t in alive if t["job_id"]})
+        if jobs:
+            scheduler.scancel(jobs)
+        return [f"scancel {j}" for j in jobs]
+    return recovery.stop_local(plan, alive)
 
 
 _LAUNCHERS: dict[str, type[_Launcher]] = {

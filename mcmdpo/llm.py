@@ -200,7 +200,7 @@ class ReplyCache:
             self.dir.mkdir(parents=True, exist_ok=True)
             name = f"{_safe_name(socket.gethostname())}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
             path = self.dir / name
-            self._own_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._own_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             self._own = self._open(path)
         line = key.encode() + b" " + json.dumps(entry, ensure_ascii=False).encode() + b"\n"
         offset = self._read[self._own]

@@ -11,11 +11,14 @@ class RunPaths:
     """Layout of a run directory.
 
     <run_dir>/plan.json                      the resolved plan (stages, tasks, ids)
-    <run_dir>/recipe.toml                    the recipe as submitted (last submission)
-    <run_dir>/submissions/NNNN.json          one record per `mcmdpo submit`: executor, job ids per task
+    <run_dir>/recipe.toml                    the resolved recipe of the last submission (defaults, overrides)
+    <run_dir>/submit.lock                    held while a `mcmdpo submit` of this run dir is running
+    <run_dir>/submissions/NNNN.json          one record per `mcmdpo submit`: who, overrides, recipe, job ids
+    <run_dir>/plans/NNNN.json                the plan of each submission (status --all, clean)
     <run_dir>/logs/<stage>/                  submitit folder: sbatch files, pickles, stdout/stderr
     <run_dir>/<stage>/<task_id>/             a task's outputs, its DONE manifest and events.jsonl
     <run_dir>/<stage>/<task_id>/.work/       scratch and checkpoints kept across requeues
+    <run_dir>/<stage>/.aside/<task_id>.<why>.<n>/  outputs set aside by --rerun or as damaged
     """
 
     run_dir: Path
@@ -31,6 +34,13 @@ class RunPaths:
     @property
     def submissions(self) -> Path:
         return self.run_dir / "submissions"
+
+    @property
+    def plans(self) -> Path:
+        return self.run_dir / "plans"
+
+    def aside(self, stage: str) -> Path:
+        return self.run_dir / stage / ".aside"
 
     def logs(self, stage: str) -> Path:
         return self.run_dir / "logs" / stage

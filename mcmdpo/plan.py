@@ -23,7 +23,7 @@ from typing import Any
 
 from mcmdpo import profiles
 from mcmdpo.artifacts import content_hash, read_json
-from mcmdpo.errors import ConfigError
+from mcmdpo.errors import ConfigError, MissingInput
 from mcmdpo.paths import RunPaths
 from mcmdpo.recipe import Recipe
 from mcmdpo.recipe.schema import ResourceSpec
@@ -118,8 +118,8 @@ class Plan:
 def load_plan(run_dir: Path) -> Plan:
     path = RunPaths(Path(run_dir)).plan
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no plan here; is {run_dir} a run directory (made by `mcmdpo submit`)?"
+        raise MissingInput(
+            f"no plan here; is {run_dir} a run directory (made by `mcmdpo submit`)?", file=path
         )
     return Plan.from_json(read_json(path))
 

@@ -30,7 +30,8 @@ def score_shard(ctx: Any, spec: Any, shards: Any, model_path: Path, attrs: dict)
     if rows and todo:
         ctx.log.info("resuming at sample %d/%d", todo[0].start, n)
     if todo:
-        ledger.run(ctx, todo, scorer(spec, shards, model_path, attrs["mode"]))
+        done = n - sum(len(b) for b in todo)
+        ledger.run(ctx, todo, scorer(spec, shards, model_path, attrs["mode"]), done=done, total=n)
         rows = {int(r["id"]): r for r in ledger.resume()}
     return {c: np.array([rows[i][c] for i in range(n)], dtype=np.float64) for c in spec.conditions}, resumed
 

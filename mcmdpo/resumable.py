@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mcmdpo.artifacts import read_json, write_json_atomic
+from mcmdpo.artifacts import apply_umask, read_json, write_json_atomic
 from mcmdpo.errors import InputError
 
 COMPLETE = "complete.json"
@@ -71,6 +71,7 @@ def atomic_dir(final: Path | str) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        apply_umask(tmp)  # writers such as safetensors create 0600 files
         remove_path(final)  # an earlier attempt finished it but died before DONE
         os.replace(tmp, final)
     finally:
@@ -187,13 +188,22 @@ class BatchLedger:
             os.fsync(f.fileno())
 
     def run(
-        self, ctx: Any, batches: Sequence[Any], compute: Callable[[Any], Sequence[Mapping[str, Any]]]
+        self,
+        ctx: Any,
+        batches: Sequence[Any],
+        compute: Callable[[Any], Sequence[Mapping[str, Any]]],
+        done: int = 0,
+        total: int | None = None,
     ) -> None:
         """``append(compute(batch))`` for every batch. After each batch (the one in flight is kept),
-        honour a stop request while batches remain (``raise ctx.interrupted()``: the ledger is already
-        durable), and the test pause."""
+        report progress (``done`` items before, ``total`` items), honour a stop request while batches
+        remain (``raise ctx.interrupted()``: the ledger is already durable), and the test pause."""
+        report = getattr(ctx, "progress", None)
         for number, batch in enumerate(batches, 1):
             self.append(compute(batch))
+            done += len(batch)
+            if report is not None:
+                report(done, total)
             if ctx.should_checkpoint() and number < len(batches):
                 raise ctx.interrupted()
             pause_for_tests(ctx)

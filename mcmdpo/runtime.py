@@ -179,6 +179,8 @@ def _manifest(
             raise ValueError(f"stage {payload.stage} output {path} is outside its task folder {ctx.out_dir}")
         rel.append(str(path.relative_to(ctx.out_dir.resolve())))
     first = next((e["time"] for e in read_events(events) if e["event"] == "start"), started)
+    from mcmdpo.integrity import describe_outputs
+
     return {
         "stage": payload.stage,
         "task_id": payload.task_id,
@@ -187,6 +189,7 @@ def _manifest(
         "params": payload.params,
         "inputs": payload.upstream,
         "outputs": rel,
+        "files": describe_outputs(ctx.out_dir, rel),
         "summary": ctx.summary,
         "duration_s": round(time.time() - started, 3),
         "wall_s": round(time.time() - first, 3),
@@ -198,8 +201,12 @@ def _manifest(
 
 
 def _versions() -> dict[str, str]:
+    """Package versions, and where the mcmdpo that ran the task is installed."""
+    import mcmdpo
+
     return {
         "mcmdpo": __version__,
+        "mcmdpo_path": str(Path(mcmdpo.__file__).resolve().parent),
         "python": platform.python_version(),
         **package_versions(VERSIONED_PACKAGES),
     }

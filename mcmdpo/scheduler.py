@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 from collections.abc import Iterable
+from pathlib import Path
 
 ALIVE = {
     "PENDING",
@@ -68,3 +70,45 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def scancel(job_ids: Iterable[str]) -> None:
+    """Cancel SLURM jobs (array tasks as ``123_4``)."""
+    ids = [str(j) for j in job_ids if j]
+    if ids and shutil.which("scancel"):
+        subprocess.run(["scancel", *ids], capture_output=True, text=True, timeout=60, check=False)
+
+
+def is_job_process(pid: int) -> bool:
+    """Whether ``pid`` runs a submitit job (guards against a reused pid; True where /proc is absent)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"submitit" in f.read()
+    except FileNotFoundError:
+        return not os.path.isdir("/proc")
+    except OSError:
+        return True
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc; empty where /proc is absent)."""
+    out = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat_file.parent.name))
+    return out
+
+
+def terminate_tree(pid: int) -> None:
+    """SIGTERM ``pid``'s children, then ``pid`` (a local job's controller and its task processes)."""
+    import signal
+
+    for child in child_pids(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)

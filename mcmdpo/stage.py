@@ -14,13 +14,17 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcmdpo.artifacts import write_json_atomic
 from mcmdpo.spec import Spec
 
+PROGRESS = "mcmdpo-progress.json"
+"""``.work/mcmdpo-progress.json`` of a running task: ``done``, ``total``, ``unit``, ``time``."""
 TaskParams = dict[str, Any]
 """JSON-serialisable parameters of one array task (e.g. ``{"shard": 3, "num_shards": 8}``)."""
 
@@ -167,6 +171,23 @@ class TaskContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("mcmdpo.task"))
     attempt: int = 0
     """0 on the first start of this task, n after n earlier starts (requeues, re-submits)."""
+    _progress_at: float = field(default=0.0, repr=False)
+
+    def progress(self, done: int, total: int | None = None, unit: str = "items") -> None:
+        """Report how far the task is (``.work/mcmdpo-progress.json``; rank 0; at most once a second, and
+        always at the end): what ``mcmdpo submit`` and ``mcmdpo status`` show for a running task."""
+        now = time.time()
+        if self.rank != 0 or (now - self._progress_at < 1.0 and done != total):
+            return
+        self._progress_at = now
+        record = {
+            "done": int(done),
+            "total": None if total is None else int(total),
+            "unit": unit,
+            "time": now,
+        }
+        write_json_atomic(self.work_dir / PROGRESS, record)
+
     summary: dict[str, Any] = field(default_factory=dict)
     """Small JSON facts for the DONE manifest; numbers are summed per stage by `mcmdpo status`."""
 

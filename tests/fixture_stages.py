@@ -37,6 +37,7 @@ def run_count(ctx: TaskContext) -> list[str]:
     while progress["step"] < spec.steps:
         time.sleep(spec.step_s)
         progress["step"] += 1
+        ctx.progress(progress["step"], spec.steps, "steps")
         if ctx.should_checkpoint() and progress["step"] < spec.steps:
             write_json_atomic(progress_file, progress)
             raise ctx.interrupted()

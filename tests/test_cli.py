@@ -124,11 +124,12 @@ def test_user_errors_are_one_line_and_debug_shows_the_traceback(write_recipe):
     path = write_recipe(SWEEP.replace("[reference]\n", ""))
     run = subprocess.run([*CLI, "submit", str(path), "--dry-run"], capture_output=True, text=True)
     assert run.returncode == 2 and "Traceback" not in run.stderr
+    line = SWEEP.replace("[reference]\n", "").splitlines().index("[preference]") + 1
     assert run.stderr.strip().splitlines() == [
-        "error: preference.reference: 'offline' needs a [reference] section in the recipe "
+        f"error: {path}:{line}: preference.reference: 'offline' needs a [reference] section in the recipe "
         "(or set preference.reference = 'online')"
     ]
     debug = subprocess.run(
         [*CLI, "--debug", "submit", str(path), "--dry-run"], capture_output=True, text=True
     )
-    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "RecipeError" in debug.stderr

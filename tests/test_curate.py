@@ -180,7 +180,7 @@ def test_scan_counts_and_dedupe_is_exact_across_shards(tmp_path):
         {"kept": {"position": 6, "id": good[6]["id"]}, "dropped": [{"position": 26, "id": "near-image"}]}
     ]
     assert a["clusters"]["text"][0]["kept"]["position"] == 7 and positions[good[7]["id"]] == 7
-    with pytest.raises(BadRecord, match=r"raw.jsonl: record 20 \(id='x-20'\): truncated_image"):
+    with pytest.raises(BadRecord, match=r"raw.jsonl: record 21 \(id='x-20'\): truncated_image"):
         Scanner(spec(raw, images), tmp_path / "fail").scan(range(28))
 
 

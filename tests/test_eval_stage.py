@@ -222,7 +222,7 @@ def test_pipeline_writes_metrics_and_rescoring_keeps_generations(tmp_path, nltk_
     recipe = load_recipe(path)
     report = submit(recipe)
     assert report.ok, report.blocked_by
-    assert [s.stage for s in report.stages] == ["data", "model", "eval", "score"]
+    assert [s.stage for s in report.stages] == ["data", "model", "eval", "score", "report"]
     (score_task,) = report.plan.stage("score").tasks
     folder = recipe.run_dir / "score" / score_task.task_id
     metrics = json.loads((folder / "metrics" / "base" / "test.json").read_text())
@@ -364,11 +364,11 @@ def test_bad_alt_text_records_are_named(tmp_path):
     bad["image_path"] = bad["image"]["path"] = "../outside.png"
     Path(source["file"]).write_text(lines[0] + "\n" + json.dumps(bad) + "\n")
     with pytest.raises(
-        ValueError, match=r"t_test.json: record 1 \(id=101\): image_path: image path .* contains '..'"
+        ValueError, match=r"t_test.json: record 2 \(id=101\): image_path: image path .* contains '..'"
     ):
         read_items("talt", source)
     del bad["chosen"]
     bad["image_path"] = bad["image"]["path"] = "1.png"
     Path(source["file"]).write_text(lines[0] + "\n" + json.dumps(bad) + "\n")
-    with pytest.raises(ValueError, match=r"record 1 \(id=101\): missing_field: missing chosen"):
+    with pytest.raises(ValueError, match=r"record 2 \(id=101\): missing_field: missing chosen"):
         read_items("talt", source)

@@ -252,7 +252,7 @@ def test_parse_rating_follows_upstream():
 def test_mmhal_bad_record_is_named():
     bad = mmhal_records(1)
     bad[2]["question_type"] = "colour"
-    with pytest.raises(ValueError, match=r"record 2: question_type 'colour'"):
+    with pytest.raises(ValueError, match=r"record 3: question_type 'colour'"):
         mmhal.check_records(bad, "pred.jsonl")
 
 
@@ -285,5 +285,5 @@ def test_mmhal_files_template_with_folder_or_jsonl_with_base64(tmp_path):
     items = read_items("mmhal", {"file": str(tmp_path / "mmhal.jsonl")})
     assert items[5].image == b"img5"
     (tmp_path / "images" / "img3.jpg").unlink()
-    with pytest.raises(ValueError, match=r"template.json: record 3: image not found .* \(tried img3.jpg\)"):
+    with pytest.raises(ValueError, match=r"template.json: record 4: image not found .* \(tried img3.jpg\)"):
         read_items("mmhal", {"file": str(tmp_path / "template.json"), "images": str(tmp_path / "images")})

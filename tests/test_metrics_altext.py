@@ -120,7 +120,7 @@ def test_bad_predictions_name_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"pred.jsonl:1: missing field\(s\) response"):
         altext.score_file(pred, "paper", tmp_path / "m.json")
     pred = write_jsonl(tmp_path / "pred.jsonl", [{"idx": 1, "chosen": "a", "response": None}])
-    with pytest.raises(ValueError, match=r"record 0 \(id=1\): field 'response' must be a string"):
+    with pytest.raises(ValueError, match=r"record 1 \(id=1\): field 'response' must be a string"):
         altext.score_file(pred, "paper", tmp_path / "m.json")
     with pytest.raises(ValueError, match="unknown alt-text protocol"):
         altext.score_pairs([], ["bleu"])

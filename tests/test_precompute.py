@@ -343,7 +343,7 @@ def test_fail_names_the_file_the_record_and_the_cause(tmp_path, processor_dir, p
         precompute(tmp_path / "out", train, images, processor_dir, max_image_pixels=160_000)
     message = str(info.value)
     assert message.startswith(
-        f"{train}: record {position} (id={100 + position}): {EXPECTED_SKIPS[position]}: "
+        f"{train}: record {position + 1} (id={100 + position}): {EXPECTED_SKIPS[position]}: "
     )
     out = tmp_path / "out" / "shard0"
     assert not list(out.glob("shard-*")) and not list(out.glob(".*.tmp"))  # nothing half-written
@@ -488,10 +488,10 @@ def test_files_data_stage_records_hashes_and_checks_paths(tmp_path):
     assert info["sha256"] == file_hash(train) and info["num_records"] == 3 and info["file"] == str(train)
     with pytest.raises(ValueError, match="train_images"):
         DataSpec(source="files", train_file=str(train))
-    with pytest.raises(FileNotFoundError):
-        run_data(
-            data_context(tmp_path, DataSpec(source="files", train_file="nope.json", train_images=str(images)))
-        )
+    with pytest.raises(ValueError, match="train_file\n.*file does not exist: .*nope.json"):
+        DataSpec(source="files", train_file="nope.json", train_images=str(images))  # at validation
+    with pytest.raises(ValueError, match="train_images\n.*folder does not exist"):
+        DataSpec(source="files", train_file=str(train), train_images=str(tmp_path / "no-images"))
 
 
 def test_tasks_one_per_shard(tmp_path):

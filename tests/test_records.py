@@ -83,7 +83,7 @@ def test_record_level_problems(tmp_path):
         "missing_field",
         "not_a_record",
     ]
-    assert got[4].problem[1] == "id 1 first used by record 0"
+    assert got[4].problem[1] == "id 1 first used by record 1"
     assert got[5].id == 5  # no idx: the position
     assert "image.path" in got[6].problem[1] and "rejected" in got[7].problem[1]
 

@@ -58,6 +58,26 @@ def test_array_with_afterok_dependency(slurm_cluster, write_recipe):
     assert [s.submitted for s in again.stages] == [0, 0]
 
 
+def test_a_second_submit_while_the_arrays_are_queued_submits_nothing(slurm_cluster, write_recipe):
+    import sys
+
+    path = write_recipe(BASE.replace("steps = 3", "steps = 3\nstep_s = 1.0") + SLURM)
+    recipe = load_recipe(path)
+    first = submit(recipe)
+    assert [s.submitted for s in first.stages] == [4, 1]
+    second = subprocess.run(
+        [sys.executable, "-m", "mcmdpo", "submit", str(path)], capture_output=True, text=True
+    )
+    assert second.returncode == 0, second.stderr
+    assert "count: 0 submitted (array -), 4 in the queue" in second.stderr
+    assert "sum: 0 submitted (array -), 1 in the queue" in second.stderr
+    status = wait_settled(recipe.run_dir, 240)
+    assert [(s["done"], s["tasks"]) for s in status["stages"]] == [(4, 4), (1, 1)], status
+    for task in first.plan.stage("count").tasks:  # each task ran exactly once
+        events = read_events(recipe.run_dir / "count" / task.task_id / "events.jsonl")
+        assert [e["event"] for e in events] == ["start", "done"]
+
+
 def test_failed_task_status_and_resubmit(slurm_cluster, write_recipe, tmp_path):
     fix = tmp_path / "fixed"
     body = BASE.replace("steps = 3", f'steps = 3\nfail_index = 1\nfail_unless = "{fix}"') + SLURM

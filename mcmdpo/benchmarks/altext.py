@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from mcmdpo.benchmarks import Benchmark, Item, ScoreEnv, register_benchmark
-from mcmdpo.errors import InputError
+from mcmdpo.errors import InputError, record_ref
 from mcmdpo.spec import Spec
 
 Protocol = Literal["paper", "coco"]
@@ -33,7 +33,7 @@ def read_altext(source: Mapping[str, Any]) -> list[Item]:
     file, root = Path(source["file"]), Path(source["images"])
     items = []
     for record in load_records(file, "test"):
-        where = f"record {record.position} (id={record.id!r})"
+        where = f"{record_ref(record.position)} (id={record.id!r})"
         if record.problem is not None:
             raise InputError(f"{record.problem[0]}: {record.problem[1]}", file=file, record=where)
         if record.image_bytes is not None:

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from mcmdpo.benchmarks import Benchmark, Item, ScoreEnv, register_benchmark
 from mcmdpo.benchmarks.files import read_json_list, text_field
-from mcmdpo.errors import InputError
+from mcmdpo.errors import InputError, record_ref
 from mcmdpo.spec import Spec
 
 AMBER_GENERATIVE_MAX_ID = 1004
@@ -60,7 +60,7 @@ def read_amber(source: Mapping[str, Any]) -> list[Item]:
     file, images = Path(source["queries"]), Path(source["images"])
     items = []
     for position, raw in enumerate(read_json_list(file)):
-        where = f"{file}: record {position}"
+        where = f"{file}: {record_ref(position)}"
         item_id = raw.get("id")
         if isinstance(item_id, bool) or not isinstance(item_id, int):
             raise InputError(f"id must be an integer (got {item_id!r})", record=where)

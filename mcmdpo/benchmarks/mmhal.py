@@ -13,7 +13,7 @@ from pydantic import Field
 
 from mcmdpo.benchmarks import Benchmark, Item, ScoreEnv, register_benchmark
 from mcmdpo.benchmarks.files import b64_image, is_json_list, read_json_list, read_jsonl, text_field
-from mcmdpo.errors import InputError
+from mcmdpo.errors import InputError, record_ref
 from mcmdpo.spec import Spec
 
 MMHAL_HOW = (
@@ -47,7 +47,7 @@ def read_mmhal(source: Mapping[str, Any]) -> list[Item]:
     images = Path(source["images"]) if source.get("images") else None
     items = []
     for position, raw in enumerate(records):
-        where = f"{file}: record {position}"
+        where = f"{file}: {record_ref(position)}"
         for key in MMHAL_FIELDS:
             if key not in raw:
                 raise InputError(f"missing field {key!r}", record=where)

@@ -24,6 +24,7 @@ from mcmdpo.curate.dedupe import Clusters, cluster_hashes, cluster_minhashes
 from mcmdpo.curate.scan import RECORDS, SIGNATURES
 from mcmdpo.curate.spec import CurateSpec
 from mcmdpo.data.records import BadRecord
+from mcmdpo.errors import record_ref
 
 
 def load_scans(scan_dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
@@ -80,7 +81,7 @@ def _duplicate_ids(
             record["id"],
             record["raw_id"],
             "duplicate_id",
-            f"id first used by record {seen[key]}",
+            f"id first used by {record_ref(seen[key])}",
         )
         if spec.on_bad_record == "fail":
             raise error

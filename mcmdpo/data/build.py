@@ -41,9 +41,19 @@ class Source:
     @classmethod
     def from_split(cls, info: Mapping[str, Any]) -> Source:
         """From a ``data`` manifest split (:func:`mcmdpo.handoff.split_source`), checked unchanged."""
+        from mcmdpo.artifacts import file_hash
+
         file = Path(info["file"])
-        if file.stat().st_size != info["size"]:
-            raise InputError("changed since the data stage recorded it (size differs)", file=file)
+        size = file.stat().st_size
+        change = f"{info['size']} -> {size} bytes" if size != info["size"] else ""
+        if not change and file_hash(file) != info["sha256"]:
+            change = "same size, different sha256"
+        if change:
+            raise InputError(
+                f"changed since the data stage recorded it ({change}); "
+                "to use the new version: mcmdpo submit <recipe> --rerun data",
+                file=file,
+            )
         return cls(file, Path(info["images"]), info["sha256"], info["format"])
 
     @classmethod
@@ -216,6 +226,8 @@ def _prepare_all(builder: ShardBuilder, positions: range, background: Background
                 raise
             builder.report.skipped.append(exc.as_dict())
         pause_for_tests(ctx)
+        if hasattr(ctx, "progress"):
+            ctx.progress(done, len(positions), "records")
         if done % every == 0:
             rate = done / max(time.time() - started, 1e-9)
             ctx.log.info("%d/%d records (%.1f/s)", done, len(positions), rate)

@@ -14,6 +14,7 @@ raising, so that one pass classifies the whole file the same way in every array 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -21,6 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from mcmdpo.errors import InputError, McmdpoError, record_ref
 
 Split = Literal["train", "test"]
 
@@ -66,13 +69,14 @@ class Record:
     problem: tuple[str, str] | None = None
 
 
-class BadRecord(Exception):
-    """A record that cannot be used; the message names the file, the record and the cause."""
+class BadRecord(McmdpoError, ValueError):
+    """A record that cannot be used; the message names the file, the record (1-based) and the cause."""
 
     def __init__(self, file: str | Path, position: int, record_id: Any, code: str, message: str):
-        self.file, self.position, self.record_id = str(file), position, record_id
+        self.position, self.record_id = position, record_id
         self.code, self.detail = code, message
-        super().__init__(f"{file}: record {position} (id={record_id!r}): {code}: {message}")
+        where = f"{record_ref(position)} (id={record_id!r})"
+        super().__init__(f"{code}: {message}", file=str(file), record=where)
 
     def as_dict(self) -> dict[str, Any]:
         return {"position": self.position, "id": self.record_id, "reason": self.code, "detail": self.detail}
@@ -97,10 +101,13 @@ def read_raw(path: Path, fmt: str | None = None) -> list[Any]:
     """The raw records of ``path``; a malformed JSONL line becomes a :class:`_Malformed` marker."""
     fmt = fmt or detect_format(path)
     if fmt == "json":
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise read_error(path, exc) from None
         if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of records (got {type(data).__name__})")
+            raise InputError(f"expected a JSON list of records (got {type(data).__name__})", file=path)
         return data
     if fmt == "jsonl":
         return _read_jsonl(path)
@@ -116,12 +123,14 @@ class _Malformed:
 
 def _read_jsonl(path: Path) -> list[Any]:
     out: list[Any] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                out.append(json.loads(line))
+                out.append(json.loads(raw.decode("utf-8")))
+            except UnicodeDecodeError as exc:
+                out.append(_Malformed(f"line {lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x})"))
             except json.JSONDecodeError as exc:
                 out.append(_Malformed(f"line {lineno}: {exc}"))
     return out
@@ -226,7 +235,7 @@ def mark_duplicates(records: Iterable[Record]) -> list[Record]:
         key = (type(record.id).__name__, record.id)
         if record.problem is None and key in seen:
             record = replace(
-                record, problem=("duplicate_id", f"id {record.id!r} first used by record {seen[key]}")
+                record, problem=("duplicate_id", f"id {record.id!r} first used by {record_ref(seen[key])}")
             )
         elif record.problem is None:
             seen[key] = record.position
@@ -235,7 +244,16 @@ def mark_duplicates(records: Iterable[Record]) -> list[Record]:
 
 
 def count_records(path: Path) -> int:
-    """Number of records (good or bad) in ``path``: what shard ranges are cut from."""
+    """Number of records (good or bad) in ``path``: what shard ranges are cut from.
+
+    Cached per (path, size, modification time): planning asks more than once.
+    """
+    stat = Path(path).stat()
+    return _count(str(Path(path).absolute()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _count(path: str, size: int, mtime_ns: int) -> int:
     return len(read_raw(Path(path)))
 
 
@@ -291,3 +309,38 @@ def check_context_pool(usable: Sequence[bool]) -> None:
     """Raise unless at least two records have a usable question (else c_l cannot be drawn)."""
     if sum(1 for u in usable if u) < 2:
         raise ValueError("the rejected context needs at least two records with a usable question")
+
+
+# ---------------------------------------------------------------- checking a whole split
+
+
+def check_split(file: Path, images: Path, split: Split, fmt: str | None = None) -> list[BadRecord]:
+    """Every bad record of a split, found without decoding images: malformed JSON, missing or
+    empty fields, duplicate ids, unsafe image paths, image files that do not exist."""
+    file, real_root = Path(file), Path(os.path.realpath(images))
+    bad = []
+    for record in load_records(file, split, fmt):
+        problem = record.problem or _image_problem(record, Path(images), real_root)
+        if problem is not None:
+            bad.append(BadRecord(file, record.position, record.id, *problem))
+    return bad
+
+
+def _image_problem(record: Record, root: Path, real_root: Path) -> tuple[str, str] | None:
+    if record.image_bytes is not None:
+        return None
+    try:
+        path = resolve_image(root, record.image or "", real_root)
+    except UnsafePath as exc:
+        return ("unsafe_path", str(exc))
+    return None if path.is_file() else ("missing_image", f"no file {path}")
+
+
+def read_error(path: Path, exc: Exception) -> InputError:
+    """A file that cannot be read as records, named with the line where it breaks."""
+    if isinstance(exc, UnicodeDecodeError):
+        line = Path(path).read_bytes()[: exc.start].count(b"\n") + 1
+        return InputError(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x})", file=path, line=line)
+    if isinstance(exc, json.JSONDecodeError):
+        return InputError(f"malformed JSON ({exc.msg}, column {exc.colno})", file=path, line=exc.lineno)
+    return InputError(str(exc), file=path)

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from mcmdpo.artifacts import write_json_atomic
+from mcmdpo.errors import InputError, record_ref
 from mcmdpo.metrics import nlp
 from mcmdpo.metrics.predictions import read_predictions, write_predictions
 
@@ -88,9 +89,10 @@ def pairs_from_records(records: Sequence[Mapping[str, Any]], source: str = "pred
         item_id = record.get("id", record.get("idx", position))
         for key in ("response", "chosen"):
             if not isinstance(record.get(key), str):
-                raise ValueError(
-                    f"{source}: record {position} (id={item_id!r}): field {key!r} must be a string "
-                    f"(got {type(record.get(key)).__name__})"
+                raise InputError(
+                    f"field {key!r} must be a string (got {type(record.get(key)).__name__})",
+                    file=source,
+                    record=f"{record_ref(position)} (id={item_id!r})",
                 )
         pairs.append(Pair(item_id, strip_assistant(record["response"]), record["chosen"]))
     return pairs

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mcmdpo.errors import InputError, record_ref
 from mcmdpo.metrics.judge import JudgeClient
 
 QUESTION_TYPES = (
@@ -123,14 +124,17 @@ def check_records(records: Sequence[Mapping[str, Any]], source: str) -> None:
     for position, record in enumerate(records):
         missing = [k for k in REQUIRED if k not in record]
         if missing:
-            raise ValueError(f"{source}: record {position}: missing MMHal field(s) {', '.join(missing)}")
+            raise InputError(
+                f"missing MMHal field(s) {', '.join(missing)}", file=source, record=record_ref(position)
+            )
         if record["question_type"] not in QUESTION_TYPES:
-            raise ValueError(
-                f"{source}: record {position}: question_type {record['question_type']!r} is not one of "
-                f"{list(QUESTION_TYPES)}"
+            raise InputError(
+                f"question_type {record['question_type']!r} is not one of {list(QUESTION_TYPES)}",
+                file=source,
+                record=record_ref(position),
             )
         if not isinstance(record["image_content"], list):
-            raise ValueError(f"{source}: record {position}: image_content must be a list")
+            raise InputError("image_content must be a list", file=source, record=record_ref(position))
 
 
 def score_mmhal(

@@ -6,6 +6,8 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from mcmdpo.errors import McmdpoError
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -19,7 +21,7 @@ class Problem:
         return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
 
 
-class RecipeError(ValueError):
+class RecipeError(McmdpoError, ValueError):
     """One or more problems in a recipe (or its overrides); ``str()`` lists them one per line."""
 
     def __init__(self, problems: Iterable[Problem]):
@@ -28,6 +30,9 @@ class RecipeError(ValueError):
             unique.setdefault(str(p), p)
         self.problems = list(unique.values())
         super().__init__("\n".join(str(p) for p in self.problems))
+
+    def one_line(self) -> str:
+        return "; ".join(str(p) for p in self.problems)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from mcmdpo import profiles
+from mcmdpo.errors import McmdpoError
 from mcmdpo.recipe.errors import Problem, RecipeError, did_you_mean
 from mcmdpo.recipe.lines import line_of
 from mcmdpo.recipe.schema import ClusterSpec, RunSpec
@@ -41,6 +42,19 @@ class Recipe:
     def run_dir(self) -> Path:
         return (self.run.output_root / self.run.name).absolute()
 
+    def resolved_doc(self) -> dict[str, Any]:
+        """The validated recipe with every default filled in (and its ``[sweep]``)."""
+        doc = dict(self.doc)
+        if self.sweep:
+            doc["sweep"] = {f'"{k}"': v for k, v in self.sweep.items()}
+        return doc
+
+    def resolved_toml(self) -> str:
+        """:meth:`resolved_doc` as TOML (what ``mcmdpo validate`` prints, and the run dir keeps)."""
+        from mcmdpo.recipe.toml import dump_toml
+
+        return dump_toml(self.resolved_doc())
+
 
 @dataclass
 class _Source:
@@ -53,7 +67,7 @@ class _Source:
 
     def problem(self, key: str, message: str) -> Problem:
         for origin, text in (*self.swept.items(), *self.overridden.items()):
-            if key == origin or key.startswith(origin + "."):
+            if key == origin or key.startswith(origin + ".") or (key and origin.startswith(key + ".")):
                 if text.startswith("--set"):
                     return Problem(text, None, key, message)
                 return Problem(self.path, line_of(self.lines, text), key, message)
@@ -85,9 +99,27 @@ def load_recipe(path: Path | str, overrides: Sequence[str] = ()) -> Recipe:
         variant = _validate(variant_doc, source, registry, path, problems)
         if variant is not None:
             variants.append(_with(variant, sweep=sweep, point=point))
+    if not problems:
+        _check_tasks(variants, registry, source, problems)
     if problems:
         raise RecipeError(problems)
     return _with(base, sweep=sweep, variants=tuple(variants))
+
+
+def _check_tasks(
+    variants: Sequence[Recipe], registry: Mapping[str, Stage], source: _Source, problems: list[Problem]
+) -> None:
+    """Run every stage's ``tasks()`` now: errors that need the whole recipe (an offline reference
+    without ``[reference]``, an unreadable data file a shard count needs) fail at validation."""
+    for variant in variants:
+        source.swept = {key: f"sweep.{key}" for key in variant.point}
+        for name, spec in variant.stages.items():
+            try:
+                registry[name].tasks(spec, variant.doc)
+            except McmdpoError as exc:
+                problems.append(source.problem(exc.field or name, exc.render(field=False)))
+            except ValueError as exc:
+                problems.append(source.problem(name, str(exc)))
 
 
 def _with(recipe: Recipe, **changes: Any) -> Recipe:
@@ -174,7 +206,7 @@ def _validate(
     cluster: ClusterSpec = sections["cluster"]
     profile = _check_cluster(cluster, registry, path, source, problems)
     stages = {name: spec for name, spec in sections.items() if name in registry}
-    if not stages:
+    if not any(name in registry for name in doc):
         problems.append(source.problem("", f"no stage section; known stages: {', '.join(registry)}"))
     resolved = {name: spec.model_dump(mode="json") for name, spec in sections.items()}
     return Recipe(path, sections["run"], cluster, stages, resolved, profile)

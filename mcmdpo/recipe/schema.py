@@ -7,10 +7,11 @@ recipe value can smuggle shell syntax or extra ``#SBATCH`` lines into the job sc
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 SafeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
 """A job/run name: letters, digits, '_', '.', '-' (no spaces, quotes or shell metacharacters)."""
@@ -30,6 +31,28 @@ class RunSpec(Section):
     output_root: Path = Field(Path("runs"), description="parent of run dirs (relative: to the cwd)")
     seed: int = Field(0, ge=0, description="base seed; every stage derives its own from it")
     plugins: tuple[str, ...] = Field((), description="importable modules that register extra stages")
+
+    @field_validator("output_root")
+    @classmethod
+    def _writable(cls, value: Path) -> Path:
+        """The run dir must be creatable and writable here (checked now, not in the first job)."""
+        problem = writable_problem(Path(value).expanduser().absolute())
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+def writable_problem(folder: Path) -> str:
+    """Why ``folder`` cannot be created or written ("" when it can)."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"cannot create {folder}: {probe} is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        verb = "write to" if probe == folder else "create"
+        return f"cannot {verb} {folder}: no write permission on {probe}"
+    return ""
 
 
 class ResourceSpec(Section):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mcmdpo.recipe.errors import Problem, RecipeError
-from mcmdpo.recipe.lines import key_lines, split_key
+from mcmdpo.recipe.lines import key_lines
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,11 +20,17 @@ def load_toml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """Parse ``path``; errors name the file and line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise RecipeError([Problem(str(path), None, "", "file not found")]) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except (IsADirectoryError, PermissionError) as exc:
         raise RecipeError([Problem(str(path), None, "", f"cannot read: {exc}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        message = f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the recipe as UTF-8"
+        raise RecipeError([Problem(str(path), line, "", message)]) from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -45,14 +51,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise RecipeError([Problem("--set", None, text, "expected dotted.key=value")])
     key, value = text.split("=", 1)
-    parts = split_key(key.strip())
-    if not parts or not all(parts):
-        raise RecipeError([Problem("--set", None, key, "expected dotted.key=value")])
+    parts = _key_parts(key.strip())
+    if not parts:
+        message = "not a valid TOML dotted key (expected section.key=value, e.g. sft.lr=2e-5)"
+        raise RecipeError([Problem(f"--set {text}", None, key.strip(), message)])
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
     return parts, parsed
+
+
+def _key_parts(key: str) -> list[str]:
+    """The parts of a TOML dotted key, parsed by TOML itself (``sft..lr`` and ``.lr`` are errors)."""
+    try:
+        node: Any = tomllib.loads(f"{key} = 0")
+    except tomllib.TOMLDecodeError:
+        return []
+    parts = []
+    while isinstance(node, dict) and len(node) == 1:
+        name, node = next(iter(node.items()))
+        parts.append(name)
+    return parts if node == 0 else []
 
 
 def set_dotted(doc: dict[str, Any], parts: list[str], value: Any, source: str) -> None:

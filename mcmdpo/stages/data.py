@@ -17,11 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mcmdpo.artifacts import file_hash, write_json_atomic
-from mcmdpo.errors import MissingInput
+from mcmdpo.errors import InputError
 from mcmdpo.handoff import DATA_MANIFEST as MANIFEST
+from mcmdpo.spec import existing_path
 from mcmdpo.stage import Stage, StageSpec, TaskContext, register
 
 DEMO_DIR = "demo"
@@ -43,6 +44,14 @@ class DataSpec(StageSpec):
     test_file: str | None = Field(None, description="files: test records (JSONL, JSON list, parquet)")
     test_images: str | None = Field(None, description="files: folder the test image paths are relative to")
 
+    @field_validator("train_file", "test_file", "train_images", "test_images")
+    @classmethod
+    def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Checked when the recipe is validated: a missing file fails at submit, not in a job."""
+        if value is None:
+            return None
+        return existing_path(value, "dir" if info.field_name.endswith("images") else "file")
+
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
         if self.min_image_size > self.max_image_size:
@@ -63,7 +72,7 @@ def run_data(ctx: TaskContext) -> list[str]:
         manifest = _demo(spec, ctx.out_dir)
         outputs = [MANIFEST, DEMO_DIR]
     else:
-        manifest = _files(spec)
+        manifest = _files(spec, bad_record_policy(ctx.recipe))
         outputs = [MANIFEST]
     write_json_atomic(ctx.out_dir / MANIFEST, manifest)
     ctx.summary.update({s: info["num_records"] for s, info in manifest["splits"].items()})
@@ -90,8 +99,9 @@ def _demo(spec: DataSpec, out_dir: Path) -> dict[str, Any]:
     return {"source": "demo", "splits": splits}
 
 
-def _files(spec: DataSpec) -> dict[str, Any]:
-    from mcmdpo.data.records import count_records, detect_format
+def _files(spec: DataSpec, policy: str) -> dict[str, Any]:
+    """Check every split fully (syntax, fields, ids, image paths) before anything is trained."""
+    from mcmdpo.data.records import check_split, count_records, detect_format
 
     splits = {}
     for split in ("train", "test"):
@@ -99,17 +109,25 @@ def _files(spec: DataSpec) -> dict[str, Any]:
         if not name:
             continue
         file, root = Path(name).absolute(), Path(images).absolute()
-        if not file.is_file():
-            raise MissingInput(f"no such file {file}", field=f"data.{split}_file")
-        if not root.is_dir():
-            raise MissingInput(f"no such folder {root}", field=f"data.{split}_images")
+        bad = check_split(file, root, split)
+        if bad and policy == "fail":
+            shown = "; ".join(str(b) for b in bad[:3])
+            more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+            raise InputError(f"{len(bad)} bad record(s): {shown}{more}", field=f"data.{split}_file")
         splits[split] = {
             "file": str(file),
             "images": str(root),
             "format": detect_format(file),
             **_describe(file, count_records(file)),
+            "bad_records": len(bad),
         }
     return {"source": "files", "splits": splits}
+
+
+def bad_record_policy(recipe: Any) -> str:
+    """``fail`` unless the recipe's precompute skips bad records (then they are counted here)."""
+    precompute = recipe.get("precompute") if isinstance(recipe, dict) else None
+    return "skip" if isinstance(precompute, dict) and precompute.get("on_bad_record") == "skip" else "fail"
 
 
 def _describe(file: Path, num_records: int) -> dict[str, Any]:

@@ -9,15 +9,15 @@ stage (or ``processor_path``, or the built-in LLaVA-1.6 config). Training opens 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mcmdpo import handoff
 from mcmdpo.artifacts import atomic_path, read_json, write_json_atomic
 from mcmdpo.errors import ConfigError
 from mcmdpo.resumable import mark_complete, remove_stale_temps, reusable
+from mcmdpo.spec import existing_path
 from mcmdpo.stage import Stage, StageSpec, TaskContext, register
 
 
@@ -60,6 +60,13 @@ class PrecomputeSpec(StageSpec):
     data_file: str | None = Field(None, description="source file when the recipe has no [data] stage")
     image_root: str | None = Field(None, description="image folder of data_file (no [data] stage)")
 
+    @field_validator("data_file", "image_root", "processor_path")
+    @classmethod
+    def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        return existing_path(value, "file" if info.field_name == "data_file" else "dir")
+
     @model_validator(mode="after")
     def _check(self) -> PrecomputeSpec:
         if self.num_shards is not None and self.samples_per_shard is not None:
@@ -91,7 +98,7 @@ def run_precompute(ctx: TaskContext) -> list[str]:
     name = shard_name(shard, num_shards)
     final, report_path = ctx.out_dir / f"{name}.h5", ctx.out_dir / f"{name}.report.json"
     source = resolve_source(ctx, spec)
-    processor = load_processor(resolve_processor_dir(ctx, spec))
+    processor = load_processor(handoff.processor_dir(ctx, spec.mode, spec.processor_path))
     rejected = RejectedImages.from_spec(spec, int(ctx.seed) + spec.seed_offset)
     attrs = provenance(spec, ctx.params, ctx.recipe, source, processor_config(processor), rejected)
     if reusable(ctx.work_dir, ctx.out_dir, attrs["fingerprint"]):
@@ -121,21 +128,6 @@ def resolve_source(ctx: TaskContext, spec: PrecomputeSpec) -> Any:
     if not spec.data_file:
         raise ConfigError("precompute needs a [data] stage in the recipe, or data_file + image_root")
     return Source.from_file(spec.data_file, spec.image_root)
-
-
-def resolve_processor_dir(ctx: TaskContext, spec: PrecomputeSpec) -> Path | None:
-    """The model stage's HF folder, else ``processor_path``, else None (the built-in processor).
-
-    A model stage that declares a different image ``mode`` gets a warning (the weights work in both
-    modes, but the training stages should use the mode the shards were made in).
-    """
-    tasks = ctx.inputs.get("model")
-    if not tasks:
-        return Path(spec.processor_path) if spec.processor_path else None
-    mode = handoff.declared_mode(ctx)
-    if mode is not None and mode != spec.mode:
-        ctx.log.warning("precompute.mode = %r but the model stage declares mode %r", spec.mode, mode)
-    return handoff.model_dir(tasks[0])
 
 
 STAGE = register(

@@ -300,6 +300,7 @@ class Trainer:
         times.step_s = time.perf_counter() - started
         self.counters.train_time_s += times.step_s
         self.record = self._record(totals, lr, times)
+        self.ctx.progress(self.counters.step, self.total, "steps")
         if self.counters.resumes == 0:
             pause_for_tests(self.ctx)
 
