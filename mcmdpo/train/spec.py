@@ -173,6 +173,12 @@ class LossSpec(StageSpec):
     form: Literal["paper", "upstream"] = Field(
         "paper", description="mcmdpo: paper Eq. 2 (sum of terms) or the authors' code (one fused sigmoid)"
     )
+    norm: float | None = Field(
+        None,
+        gt=0,
+        description="form upstream: the fixed divisor of the weighted margins (default 2.8, upstream's "
+        "para_norm, unchanged by drop or gamma); refused with form paper",
+    )
     lambda_: float = Field(
         1.0,
         ge=0,
@@ -199,6 +205,12 @@ class LossSpec(StageSpec):
             if ablation_key(name) not in valid:
                 raise ValueError(f"unknown group or term {name!r} (valid: {', '.join(valid)})")
         return value
+
+    @model_validator(mode="after")
+    def _check_norm(self) -> LossSpec:
+        if self.norm is not None and self.form != "upstream":
+            raise ValueError("norm applies only to form = 'upstream' (the paper form has no divisor)")
+        return self
 
 
 class PreferenceSpec(TrainSpec):
