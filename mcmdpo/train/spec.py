@@ -92,6 +92,11 @@ class TrainSpec(StageSpec):
         "from the fields above)",
     )
     seed: int | None = Field(None, ge=0, description="data order seed (default: run.seed)")
+    data_order: Literal["random", "length_grouped"] = Field(
+        "random",
+        description="random: a permutation per epoch; length_grouped: upstream LLaVA's "
+        "group_by_modality_length sampler (megabatches sorted by length, balanced micro-batches)",
+    )
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="save a checkpoint every N optimizer steps"
     )
