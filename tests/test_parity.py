@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mcmdpo import noise
+from mcmdpo.assets import check_recipe
 from mcmdpo.benchmarks import Item
 from mcmdpo.data.records import load_records, rejected_context_position
 from mcmdpo.data.shards import PreferenceShards, ShardReader
@@ -603,8 +604,11 @@ def test_vllm_engine_is_a_generation_setting_and_fails_in_one_line_without_vllm_
         f'[run]\nname = "e"\noutput_root = "{tmp_path}"\n[data]\n[model]\n[eval]\nbenchmarks = ["test"]\n'
     )
     hf = [t.task_id for t in build_plan(load_recipe(base)).stage("eval").tasks]
-    vllm = [t.task_id for t in build_plan(load_recipe(base, ['eval.engine="vllm"'])).stage("eval").tasks]
+    with_vllm = load_recipe(base, ['eval.engine="vllm"'])
+    vllm = [t.task_id for t in build_plan(with_vllm).stage("eval").tasks]
     assert set(hf).isdisjoint(vllm)
+    listed = [s for s in check_recipe(with_vllm) if s.name == "python package vllm"]
+    assert len(listed) == 1 and listed[0].optional and listed[0].how_to_obtain == "pip install 'mcmdpo[vllm]'"
     with pytest.raises(ValueError, match="engine 'vllm' generates greedily"):
         EvalSpec(engine="vllm", num_beams=3)
     if torch.cuda.is_available() and __import__("importlib").util.find_spec("vllm") is not None:
