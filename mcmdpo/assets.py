@@ -238,7 +238,13 @@ def check_recipe(recipe: Any, checksums: bool = False) -> list[AssetStatus]:
     stages = getattr(recipe, "stages", {})
     if "eval" not in stages:
         return []
-    return check_eval(stages["eval"], stages["score"], checksums=checksums)
+    statuses = check_eval(stages["eval"], stages["score"], checksums=checksums)
+    if stages["eval"].engine == "vllm":  # needed on the GPU nodes only (the eval task checks it there)
+        from mcmdpo.vllm_engine import INSTALL_HINT
+
+        vllm = package_status("vllm", "eval engine vllm (GPU nodes)", optional=True)
+        statuses.append(AssetStatus(**{**vllm.__dict__, "how_to_obtain": INSTALL_HINT}))
+    return statuses
 
 
 def _unique(statuses: Sequence[AssetStatus]) -> list[AssetStatus]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -219,6 +220,16 @@ def clean(
     out.print(Text(f"{len(found)} folder(s){'' if yes else ' (dry run: --yes deletes them)'}"))
 
 
+class Tokenizer(str, Enum):
+    punkt = "punkt"
+    treebank = "treebank"
+
+
+class Tagger(str, Enum):
+    perceptron = "perceptron"
+    wordnet = "wordnet"
+
+
 @app.command()
 def score(
     predictions: Annotated[
@@ -226,12 +237,25 @@ def score(
     ],
     protocol: ProtocolOpt = None,  # type: ignore[assignment]
     out: Annotated[Path, typer.Option(help="metrics JSON to write")] = Path("metrics.json"),
+    tokenizer: Annotated[
+        Tokenizer, typer.Option(help="punkt: nltk.word_tokenize (upstream); treebank: no punkt_tab needed")
+    ] = Tokenizer.punkt,
+    tagger: Annotated[
+        Tagger, typer.Option(help="as [score.nltk] tagger (the alt-text protocols tag nothing)")
+    ] = Tagger.perceptron,
+    nltk_data: Annotated[
+        list[Path], typer.Option("--nltk-data", help="NLTK data folder, searched first (repeatable)")
+    ] = None,  # type: ignore[assignment]
 ) -> None:
     """Score an alt-text predictions file standalone (per-sample scores go next to the metrics)."""
     from mcmdpo.metrics.altext import score_file
+    from mcmdpo.metrics.nlp import NltkSpec
 
+    text = NltkSpec(
+        data_dirs=tuple(str(d) for d in nltk_data or ()), tokenizer=tokenizer.value, tagger=tagger.value
+    )
     try:
-        result = score_file(predictions, protocol or ["paper"], out)
+        result = score_file(predictions, protocol or ["paper"], out, text)
     except (OSError, ValueError, RuntimeError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None

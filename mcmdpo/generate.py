@@ -4,24 +4,31 @@
 :func:`mcmdpo.model.encode_images` and ``mm_encoder_outputs``, ``generate`` uses the KV cache, greedy
 by default (``num_beams = 3`` reproduces the upstream inference setting).
 
-Prompt (upstream ``mcmdpo_inference.py``): Vicuna v1 with ``"<image>\\n" + question + "\\n"`` as the
-user turn (``question_suffix``), generation starts after ``"ASSISTANT:"``; the response is the decoded
-new tokens, special tokens skipped, stripped.
+Prompt (upstream ``mcmdpo_inference.py``): the ``llava_v1`` conversation template by default (the
+``template`` setting; see :mod:`mcmdpo.model.template`) with ``"<image>\\n" + question + "\\n"`` as
+the user turn (``question_suffix``), generation starts after ``"ASSISTANT:"``; the response is the
+decoded new tokens, special tokens skipped, stripped. Weights in fp16 on a GPU by default (upstream:
+LLaVA's ``load_pretrained_model`` loads ``torch.float16``), fp32 on CPU.
 
 :func:`generate_items` runs the items not yet in a :class:`mcmdpo.resumable.BatchLedger` batch by
-batch, so a preempted or killed task resumes after its last finished batch.
+batch, so a preempted or killed task resumes after its last finished batch. The generator comes from
+a factory (:func:`generator_loader`): ``engine = "hf"`` (:func:`load_generator`) or ``"vllm"``
+(:func:`mcmdpo.vllm_engine.load_vllm_generator`), same prompts, ledger and resume.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mcmdpo.benchmarks import Item
 from mcmdpo.errors import InputError
+
+UPSTREAM = {"template": "llava_v1", "dtype": "float16", "num_beams": 3}
+"""Upstream ``mcmdpo_inference.py``'s settings (``conv_templates['llava_v1']``, fp16, ``--num_beams 3``)."""
 
 
 @dataclass(frozen=True)
@@ -31,10 +38,11 @@ class GenerationConfig:
     max_new_tokens: int = 256
     num_beams: int = 1
     batch_size: int = 8
-    template: str = "vicuna_v1"
+    template: str = "llava_v1"
     question_suffix: str = "\n"
     image_mode: str = "pad"
     dtype: str = "float32"
+    engine: str = "hf"
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)
@@ -45,6 +53,14 @@ class GenerationConfig:
     def field_names(cls) -> tuple[str, ...]:
         """The ``[eval]`` fields that decide a generated response."""
         return tuple(f.name for f in fields(cls))
+
+    def deviations(self) -> list[str]:
+        """Where these settings differ from upstream inference (listed in the metrics JSON)."""
+        return [
+            f"generation {name}={getattr(self, name)} (upstream mcmdpo_inference.py: {value})"
+            for name, value in UPSTREAM.items()
+            if getattr(self, name) != value
+        ]
 
 
 def generation_config(spec: Any, declared_mode: str | None = None) -> GenerationConfig:
@@ -58,16 +74,37 @@ def generation_config(spec: Any, declared_mode: str | None = None) -> Generation
         question_suffix=spec.question_suffix,
         image_mode=spec.image_mode or declared_mode or "pad",
         dtype=resolve_dtype(spec.dtype),
+        engine=spec.engine,
     )
 
 
+def generation_deviations(generation: Mapping[str, Any] | None) -> list[str]:
+    """:meth:`GenerationConfig.deviations` of a recorded ``generation`` dict (a prediction's or
+    ``generation.json``'s); fields it lacks take their defaults."""
+    if not generation:
+        return []
+    known = {k: generation[k] for k in GenerationConfig.field_names() if k in generation}
+    return GenerationConfig(**known).deviations()
+
+
 def resolve_dtype(spec_dtype: str) -> str:
-    """``auto`` -> bfloat16 on GPU, float32 on CPU."""
+    """``auto`` -> float16 on GPU (upstream inference), float32 on CPU (fp16 CPU kernels are slow/partial)."""
     if spec_dtype != "auto":
         return spec_dtype
     import torch
 
-    return "bfloat16" if torch.cuda.is_available() else "float32"
+    return "float16" if torch.cuda.is_available() else "float32"
+
+
+class Generator(Protocol):
+    """What :func:`generate_items` needs from an engine (``BatchGenerator``, ``VllmGenerator``)."""
+
+    def prompt(self, item: Item) -> str: ...
+
+    def generate(self, items: Sequence[Item]) -> list[tuple[str, int]]: ...
+
+
+GeneratorFactory = Callable[[Path, "GenerationConfig"], Generator]
 
 
 class BatchGenerator:
@@ -83,7 +120,7 @@ class BatchGenerator:
         """The conversation text up to ``"ASSISTANT:"`` (one ``<image>`` placeholder)."""
         from mcmdpo.model import format_prompt
 
-        return format_prompt(item.question + self.config.question_suffix)
+        return format_prompt(item.question + self.config.question_suffix, template=self.config.template)
 
     def generate(self, items: Sequence[Item]) -> list[tuple[str, int]]:
         """(response, number of generated tokens) per item, in order."""
@@ -123,7 +160,8 @@ class BatchGenerator:
                 ) from None
             prep = preprocess_image(self.processor, image, mode)  # type: ignore[arg-type]
             n = num_image_tokens(self.processor, mode, prep["image_size"])  # type: ignore[arg-type]
-            pieces = encode_prompt(self.tokenizer, item.question + self.config.question_suffix, None, n)
+            question = item.question + self.config.question_suffix
+            pieces = encode_prompt(self.tokenizer, question, None, n, self.config.template)
             ids.append(pieces.input_ids(self.processor.image_token_id))
             pixels.append(prep["pixel_values"])
             sizes.append(prep["image_size"])
@@ -164,6 +202,22 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def generator_loader(engine: str) -> GeneratorFactory:
+    """The factory of ``engine``: ``hf`` (:func:`load_generator`) or ``vllm``.
+
+    ``vllm`` raises :class:`mcmdpo.vllm_engine.VllmUnavailable` (one line) right here when vLLM is not
+    installed or no GPU is visible, before any model is loaded.
+    """
+    if engine == "hf":
+        return load_generator
+    if engine == "vllm":
+        from mcmdpo.vllm_engine import load_vllm_generator, require_vllm
+
+        require_vllm()
+        return load_vllm_generator
+    raise ValueError(f"unknown generation engine {engine!r} (valid: hf, vllm)")
+
+
 def generate_items(
     ctx: Any,
     items: Sequence[Item],
@@ -171,11 +225,13 @@ def generate_items(
     config: GenerationConfig,
     fields: Mapping[str, Any],
     key: str,
+    load: GeneratorFactory | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Generate the items not yet in the ledger, batch by batch; return all records in item order.
 
     ``fields`` are added to every record (model name, benchmark ...). The ledger lives in
-    ``ctx.work_dir`` under ``key``; a stop request ends the loop between batches.
+    ``ctx.work_dir`` under ``key``; a stop request ends the loop between batches. ``load(model_dir,
+    config)`` makes the generator (default: the factory of ``config.engine``), only when items remain.
     """
     from mcmdpo.metrics.predictions import id_key
     from mcmdpo.resumable import BatchLedger
@@ -187,7 +243,7 @@ def generate_items(
         ctx.log.info("resuming: %d of %d items already generated", len(items) - len(pending), len(items))
     started, load_s = time.time(), 0.0
     if pending:
-        generator = load_generator(model_dir, config)
+        generator = (load or generator_loader(config.engine))(model_dir, config)
         load_s = time.time() - started
         batches = [pending[s : s + config.batch_size] for s in range(0, len(pending), config.batch_size)]
         compute = lambda batch: _records(batch, generator, config, fields)  # noqa: E731
@@ -208,7 +264,7 @@ def generate_items(
 
 
 def _records(
-    batch: Sequence[Item], generator: BatchGenerator, config: GenerationConfig, fields: Mapping[str, Any]
+    batch: Sequence[Item], generator: Generator, config: GenerationConfig, fields: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     outputs = generator.generate(batch)
     return [

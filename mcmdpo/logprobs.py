@@ -37,7 +37,7 @@ from mcmdpo.attention import TreeAttention, enable_tree_attention, resolve_atten
 from mcmdpo.losses import CONDITIONS
 from mcmdpo.model.images import ImageMode, encode_images, image_encoder_outputs, num_image_tokens
 from mcmdpo.model.images import preprocess_image as _preprocess_image
-from mcmdpo.model.template import encode_answer, encode_context, encode_prefix
+from mcmdpo.model.template import encode_answer, encode_prefix, encode_training_context
 
 Engine = Literal["naive", "shared"]
 IGNORE_INDEX = -100
@@ -90,7 +90,7 @@ def build_preference_tokens(
     image_l: Image.Image | Mapping[str, Any],
     mode: ImageMode = "pad",
 ) -> PreferenceTokens:
-    """Tokenise one sample with the Vicuna v1 template.
+    """Tokenise one sample with the training template (Vicuna v1, questions stripped as upstream).
 
     Images are PIL images or the dicts of :func:`mcmdpo.model.images.preprocess_image` (e.g. a
     noised rejected image from the precompute stage).
@@ -99,8 +99,8 @@ def build_preference_tokens(
     img_w, img_l = (_as_pixels(processor, im, mode) for im in (image_w, image_l))
     return PreferenceTokens(
         prefix=tuple(encode_prefix(tok)),
-        context_w=tuple(encode_context(tok, question_w)),
-        context_l=tuple(encode_context(tok, question_l)),
+        context_w=tuple(encode_training_context(tok, question_w)),
+        context_l=tuple(encode_training_context(tok, question_l)),
         answer_w=tuple(encode_answer(tok, chosen)),
         answer_l=tuple(encode_answer(tok, rejected)),
         pixels_w=img_w["pixel_values"],

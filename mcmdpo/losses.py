@@ -43,6 +43,10 @@ from mcmdpo.conditions import (
 Form = Literal["paper", "upstream"]
 Conditions = Mapping[str, torch.Tensor]
 
+UPSTREAM_NORM = 2.8
+"""Upstream's ``para_norm`` (``--para_norm 2.8`` in ``scripts/mcmdpo.sh``; the flag's default too): the
+fixed divisor of the upstream form, whatever terms are active or however gamma is swept."""
+
 
 class LossResult(NamedTuple):
     """Per-sample loss ``[B]`` and detached per-sample metrics (each ``[B]``)."""
@@ -96,12 +100,15 @@ def mcmdpo_loss(
     gamma: float | None = None,
     form: Form = "paper",
     drop: Iterable[str] = (),
+    norm: float | None = None,
 ) -> LossResult:
     """MCM-DPO over the seven terms (see the module docstring for terms and default weights).
 
     ``form="paper"`` (Eq. 2): ``L = sum_k w_k * -log sigmoid(beta * margin_k)``.
-    ``form="upstream"`` (authors' code): ``L = -log sigmoid(beta * sum_k (w_k / norm) * margin_k)``,
-    ``norm = sum_k w_k`` over the active terms (2.8 with the defaults).
+    ``form="upstream"`` (authors' code): ``L = -log sigmoid(beta * sum_k (w_k / norm) * margin_k)``
+    with a fixed ``norm`` (default :data:`UPSTREAM_NORM` = 2.8, upstream's ``para_norm``): dropping
+    terms (Table 7) or sweeping gamma (Table 8) does not change it, as upstream. ``norm`` is refused
+    with ``form="paper"``, which has no divisor.
 
     Weights: defaults ``lambda=1, alpha=0.5, gamma=0.2``; ``lambda_``/``alpha``/``gamma`` set a group,
     then ``weights`` (term name -> weight) overrides single terms. ``drop`` removes ablation groups
@@ -109,15 +116,20 @@ def mcmdpo_loss(
     are inactive: their conditions are not needed.
     """
     active = resolve_weights(weights, lambda_=lambda_, alpha=alpha, gamma=gamma, drop=drop)
-    return weighted_terms(policy, reference, active, beta=beta, form=form)
+    return weighted_terms(policy, reference, active, beta=beta, form=form, norm=norm)
 
 
 def weighted_terms(
-    policy: Conditions, reference: Conditions, active: Mapping[str, float], *, beta: float, form: Form
+    policy: Conditions,
+    reference: Conditions,
+    active: Mapping[str, float],
+    *,
+    beta: float,
+    form: Form,
+    norm: float | None = None,
 ) -> LossResult:
     """MCM-DPO with already resolved term weights (:func:`resolve_weights`); see :func:`mcmdpo_loss`."""
-    if form not in ("paper", "upstream"):
-        raise ValueError(f"form must be 'paper' or 'upstream' (got {form!r})")
+    norm = resolve_norm(form, norm)
     h = log_ratios(policy, reference, [CHOSEN, *(TERMS[t] for t in active)], loss_name="mcmdpo_loss")
     metrics: dict[str, torch.Tensor] = {}
     term_losses = {}
@@ -125,11 +137,27 @@ def weighted_terms(
         term_losses[term], term_metrics = preference_term(term, h[CHOSEN], h[TERMS[term]], beta)
         metrics.update(term_metrics)
     metrics.update(reward_metrics(_with_rejected(h, policy, reference), beta))
-    if form == "paper":
+    if norm is None:
         return LossResult(sum(active[t] * term_losses[t] for t in active), metrics)
-    norm = sum(active.values())
     fused = sum((active[t] / norm) * (h[CHOSEN] - h[TERMS[t]]) for t in active)
     return LossResult(-F.logsigmoid(beta * fused), metrics)
+
+
+def resolve_norm(form: Form | str, norm: float | None) -> float | None:
+    """The divisor of the upstream form (``norm``, default 2.8); None for the paper form.
+
+    Raises ValueError for an unknown form, a non-positive norm, or a norm with ``form="paper"``.
+    """
+    if form not in ("paper", "upstream"):
+        raise ValueError(f"form must be 'paper' or 'upstream' (got {form!r})")
+    if form == "paper":
+        if norm is not None:
+            raise ValueError("norm applies only to form='upstream' (the paper form has no divisor)")
+        return None
+    norm = UPSTREAM_NORM if norm is None else float(norm)
+    if not norm > 0:
+        raise ValueError(f"norm must be > 0 (got {norm})")
+    return norm
 
 
 def _with_rejected(h: dict[str, torch.Tensor], policy: Conditions, reference: Conditions) -> dict:
@@ -255,6 +283,7 @@ class PreferenceLoss:
     form: Form = "paper"
     weights: Mapping[str, float] = field(default_factory=dict)
     mdpo: Mapping[str, float] = field(default_factory=dict)
+    norm: float | None = None
 
     @classmethod
     def from_spec(cls, spec: Any) -> PreferenceLoss:
@@ -265,7 +294,7 @@ class PreferenceLoss:
         active = resolve_weights(
             dict(spec.weights), lambda_=spec.lambda_, alpha=spec.alpha, gamma=spec.gamma, drop=spec.drop
         )
-        return cls("mcmdpo", spec.beta, spec.form, active)
+        return cls("mcmdpo", spec.beta, spec.form, active, norm=resolve_norm(spec.form, spec.norm))
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -285,7 +314,7 @@ class PreferenceLoss:
             return dpo_loss(policy, reference, beta=self.beta)
         if self.kind == "mdpo":
             return mdpo_loss(policy, reference, beta=self.beta, **self.mdpo)
-        return weighted_terms(policy, reference, self.weights, beta=self.beta, form=self.form)
+        return weighted_terms(policy, reference, self.weights, beta=self.beta, form=self.form, norm=self.norm)
 
     @property
     def metric_names(self) -> tuple[str, ...]:

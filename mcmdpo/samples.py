@@ -22,7 +22,7 @@ import torch
 from mcmdpo.data.shards import PreferenceShards
 from mcmdpo.logprobs import PreferenceTokens
 from mcmdpo.model.images import crop_side, num_image_tokens
-from mcmdpo.model.template import PromptPieces, encode_answer, encode_context, encode_prefix
+from mcmdpo.model.template import PromptPieces, encode_answer, encode_prefix, encode_training_context
 
 
 @dataclass(frozen=True)
@@ -74,13 +74,13 @@ class SampleSource:
         return (int(stored[0]), int(stored[1]))
 
     def texts(self, index: int) -> TextTokens:
-        """The four texts of a sample, tokenised once and cached."""
+        """The four texts of a sample, tokenised once and cached (questions stripped, as upstream trains)."""
         index = int(index)
         if index not in self._texts:
             tok = self.tokenizer
             self._texts[index] = TextTokens(
-                context_w=tuple(encode_context(tok, self.text(index, "question"))),
-                context_l=tuple(encode_context(tok, self.text(index, "rejected_question"))),
+                context_w=tuple(encode_training_context(tok, self.text(index, "question"))),
+                context_l=tuple(encode_training_context(tok, self.text(index, "rejected_question"))),
                 answer_w=tuple(encode_answer(tok, self.text(index, "chosen"))),
                 answer_l=tuple(encode_answer(tok, self.text(index, "rejected"))),
             )

@@ -13,6 +13,8 @@ The metrics JSON::
      "points": [{...sweep values}], "metrics": {...}, "deviations": [...], "versions": {...},
      "samples": "<benchmark>.samples.jsonl"}
 
+``generation`` holds the eval settings as run (``template``, resolved ``dtype``, ``engine``, beams ...);
+``deviations`` lists the scorer's and the generation's differences from upstream.
 ``metrics`` by kind: alt-text ``{"paper": {...}, "coco": {...}}`` (see :mod:`mcmdpo.metrics.altext`);
 objhal / amber / mmhal: the aggregate of :mod:`~mcmdpo.metrics.chair`, :mod:`~mcmdpo.metrics.amber`,
 :mod:`~mcmdpo.metrics.mmhal`. Reports read only these files.
@@ -92,6 +94,7 @@ def score_job(job: ScoreJob, settings: Any, out_dir: Path, run_dir: Path, recipe
 def document(job: ScoreJob, kind: str, records: Sequence[Any], metrics: Any, deviations: Sequence[str],
              recipe: Mapping[str, Any], points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:  # fmt: skip
     """The metrics JSON of one (model, benchmark) (see the module docstring)."""
+    from mcmdpo.generate import generation_deviations
     from mcmdpo.metrics.nlp import versions
 
     first = job.shards[0].dir / GENERATION
@@ -110,7 +113,7 @@ def document(job: ScoreJob, kind: str, records: Sequence[Any], metrics: Any, dev
         "limit": job.limit,
         "points": list(points),
         "metrics": metrics,
-        "deviations": sorted(set(deviations)),
+        "deviations": sorted({*deviations, *generation_deviations(generation.get("generation"))}),
         "versions": versions(),
         "samples": f"{job.benchmark}.samples.jsonl",
     }

@@ -62,6 +62,9 @@ class Stage:
              section and the sections it reads). Keep it to what the run function uses.
     gather:  one instance for the whole plan, reading every task of the stages it runs after across
              all sweep points (a report over every point); its section cannot be swept.
+    resolve: ``resolve(spec, doc) -> spec``: fills values that depend on other sections (e.g.
+             ``precompute.strategy = "auto"``) when the recipe (and every sweep point) is validated,
+             so the resolved value is what the recipe, the plan and the task ids carry.
     """
 
     name: str
@@ -77,6 +80,7 @@ class Stage:
     consumes: Callable[[TaskParams, str, TaskParams], bool] | None = None
     key: Callable[[Any, TaskParams, Mapping[str, Any]], Any] | None = None
     gather: bool = False
+    resolve: Callable[[Any, Mapping[str, Any]], Any] | None = None
 
     @property
     def task_level(self) -> bool:

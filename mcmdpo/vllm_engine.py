@@ -4,8 +4,8 @@
 n_tokens)]`` like :class:`mcmdpo.generate.BatchGenerator`, and produces what it produces up to
 kernel rounding:
 
-- the same prompt token ids: Vicuna v1 (:func:`mcmdpo.model.encode_prompt`: BOS + system +
-  ``" USER: "``, the image, ``"\\n{question}{question_suffix} ASSISTANT:"``), handed to vLLM as token
+- the same prompt token ids: the config's template (:func:`mcmdpo.model.encode_prompt`: BOS + system
+  + ``" USER: "``, the image, ``"\\n{question}{question_suffix} ASSISTANT:"``), handed to vLLM as token
   ids with one ``<image>`` id that vLLM expands to the image's feature count;
 - the same image features: ``anyres`` images go to vLLM as PIL images (its LLaVA-NeXT processor
   tiles them as transformers does); ``pad`` images (upstream's expand-to-square, one 336 crop, 576
@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mcmdpo.errors import McmdpoError
+
 if TYPE_CHECKING:
     from mcmdpo.benchmarks import Item
     from mcmdpo.generate import GenerationConfig
@@ -36,8 +38,8 @@ if TYPE_CHECKING:
 INSTALL_HINT = "pip install 'mcmdpo[vllm]'"
 
 
-class VllmUnavailable(RuntimeError):
-    """vLLM is not installed, or no CUDA GPU is visible."""
+class VllmUnavailable(McmdpoError, RuntimeError):
+    """vLLM is not installed, or no CUDA GPU is visible (a user error: one line, exit 2)."""
 
 
 def vllm_unavailable_reason() -> str | None:
@@ -115,14 +117,14 @@ class VllmRequests:
     def prompt(self, item: Item) -> str:
         from mcmdpo.model import format_prompt
 
-        return format_prompt(item.question + self.config.question_suffix)
+        return format_prompt(item.question + self.config.question_suffix, template=self.config.template)
 
     def request(self, item: Item) -> dict[str, Any]:
         from mcmdpo.model import encode_prompt
 
         image = open_item_image(item)
         question = item.question + self.config.question_suffix
-        pieces = encode_prompt(self.processor.tokenizer, question, None, 1)
+        pieces = encode_prompt(self.processor.tokenizer, question, None, 1, self.config.template)
         data = image if self.encoder is None else self.encoder.features(image)
         return {
             "prompt_token_ids": pieces.input_ids(self.processor.image_token_id),

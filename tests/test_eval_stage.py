@@ -230,6 +230,9 @@ def test_pipeline_writes_metrics_and_rescoring_keeps_generations(tmp_path, nltk_
     assert metrics["num_predictions"] == 5 and len(metrics["eval_tasks"]) == 2
     assert set(metrics["metrics"]) == {"paper"} and metrics["metrics"]["paper"]["num_samples"] == 5
     assert metrics["generation"]["max_new_tokens"] == 8 and metrics["deviations"]
+    generation = metrics["generation"]  # the inference settings as run (issue 11: template, dtype)
+    assert [generation[k] for k in ("template", "dtype", "engine")] == ["llava_v1", "float32", "hf"]
+    assert "generation dtype=float32 (upstream mcmdpo_inference.py: float16)" in metrics["deviations"]
     merged = [
         json.loads(x) for x in (folder / "predictions" / "base" / "test.jsonl").read_text().splitlines()
     ]

@@ -31,8 +31,10 @@ def scalar_paper(policy: dict, reference: dict, weights: dict, i: int, beta: flo
     return sum(w * neg_log_sigmoid(beta * scalar_margin(policy, reference, t, i)) for t, w in weights.items())
 
 
-def scalar_upstream(policy: dict, reference: dict, weights: dict, i: int, beta: float = BETA) -> float:
-    norm = sum(weights.values())
+def scalar_upstream(
+    policy: dict, reference: dict, weights: dict, i: int, beta: float = BETA, norm: float = 2.8
+) -> float:
+    # upstream divides by the fixed para_norm (2.8), whatever terms are active (see tests/test_parity.py)
     fused = sum(w / norm * scalar_margin(policy, reference, t, i) for t, w in weights.items())
     return neg_log_sigmoid(beta * fused)
 

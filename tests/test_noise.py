@@ -107,9 +107,12 @@ def test_t_only_keys_diffusion_and_ids_never_collide():
 def test_crop_box_rotation_and_other_index():
     rng = np.random.default_rng(0)
     for _ in range(200):
-        left, top, right, bottom = noise.crop_box(1024, 768, rng)
+        left, top, right, bottom = noise.crop_box(1024, 768, rng, "documented")
         assert (right - left, bottom - top) == (320, 240) and 0 <= left <= 704 and 0 <= top <= 528
-    assert noise.crop_box(100, 50, rng) == (0, 0, 100, 50)  # smaller than 320x240: the whole image
+        left, top, right, bottom = noise.crop_box(1024, 768, rng)  # upstream: 240 wide x 320 tall
+        assert (right - left, bottom - top) == (240, 320) and 0 <= left <= 784 and 0 <= top <= 448
+    assert noise.crop_box(100, 50, rng, "documented") == (0, 0, 100, 50)  # smaller: the whole image
+    assert noise.crop_box(100, 50, rng) == (0, 0, 100, 50)
     angles = {noise.rotation_degrees(rng) for _ in range(2000)}
     assert angles == set(range(10, 81))
     picks = [noise.other_index(rng, 2, 5) for _ in range(4000)]
@@ -122,7 +125,7 @@ def test_pil_strategies_are_deterministic():
     image = Image.fromarray(np.arange(600 * 400 * 3, dtype=np.uint32).reshape(400, 600, 3).astype(np.uint8))
     a = noise.crop(image, noise.sample_rng(0, 1, "crop"))
     b = noise.crop(image, noise.sample_rng(0, 1, "crop"))
-    assert a.size == (320, 240) and np.array_equal(np.asarray(a), np.asarray(b))
+    assert a.size == (240, 320) and np.array_equal(np.asarray(a), np.asarray(b))
     r1 = noise.rotate(image, noise.sample_rng(0, 1, "rotate"))
     r2 = noise.rotate(image, noise.sample_rng(0, 1, "rotate"))
     assert r1.size == image.size and np.array_equal(np.asarray(r1), np.asarray(r2))

@@ -209,13 +209,20 @@ def test_every_strategy(tmp_path, processor_dir, strategy):
             )
         elif strategy == "black":
             assert not rejected.any() and size == (image.height, image.width)
-        elif strategy == "crop":
-            assert size == (min(240, image.height), min(320, image.width))
+        elif strategy == "crop":  # upstream window: at most 240 wide x 320 tall (see test_parity.py)
+            assert size == (min(320, image.height), min(240, image.width))
         elif strategy == "rotate":
             assert size == (image.height, image.width) and not np.array_equal(rejected, item["chosen_pixels"])
-        else:
+        elif strategy == "mdpo_crop":
+            expected = noise.mdpo_crop(chosen32, noise.sample_rng(5, 100 + pos, "mdpo_crop"))
+            assert np.array_equal(rejected, expected.astype(np.float16)) and size == (
+                image.height,
+                image.width,
+            )
+        else:  # random, coupled to the rejected context as upstream
             other = item["rejected_image_positions"]
-            assert other != pos and np.array_equal(rejected, reader[other]["chosen_pixels"])
+            assert other == item["rejected_context_positions"] != pos
+            assert np.array_equal(rejected, reader[other]["chosen_pixels"])
 
 
 def test_anyres_shards_store_patch_counts_and_sizes(tmp_path, processor_dir):
@@ -257,9 +264,11 @@ def test_same_tensors_whatever_the_shard_count(tmp_path, processor_dir, strategy
         precompute(tmp_path / "s4", train, images, processor_dir, strategy=strategy, seed=4)
     )
     assert np.array_equal(other_seed[0]["chosen_pixels"], one[0]["chosen_pixels"])
-    assert any(
+    differs = [
         not np.array_equal(other_seed[i]["rejected_pixels"], one[i]["rejected_pixels"]) for i in range(7)
-    )
+    ]
+    # random (coupled to c_l, as upstream) draws nothing from the seed: c_l is seeded by position
+    assert not any(differs) if strategy == "random" else any(differs)
 
 
 # ---------------------------------------------------------------- bad records
@@ -447,7 +456,8 @@ def test_demo_data_stage_feeds_precompute_with_the_model_processor(tmp_path, cap
         ctx = context(tmp_path / split, PrecomputeSpec(split=split), inputs=inputs)
         outputs = run_precompute(ctx)
         reader = ShardReader(ctx.out_dir / outputs[0])
-        assert len(reader) == count and ctx.summary == {"num_samples": count, "num_skipped": 0}
+        assert len(reader) == count
+        assert ctx.summary == {"num_samples": count, "num_skipped": 0, "text_disagreements": 0}
         assert reader.attrs["processor_config"]["crop_size"] == {"height": S, "width": S}
         assert reader.attrs["source_sha256"] == manifest["splits"][split]["sha256"]
         assert reader[0]["chosen_pixels"].shape == (1, 3, S, S)

@@ -31,7 +31,7 @@ def test_json_list_with_top_level_and_text_string_fields(tmp_path):
     records = [
         {"idx": 10, "image": {"path": "a.jpg"}, **texts(0)},  # Pinterest: top level (+ text)
         {"idx": 11, "image": {"path": "b.jpg"}, "text": json.dumps(texts(1))},  # Twitter: text only
-        {"idx": 12, "image_path": "c.jpg", **texts(2), "text": json.dumps(texts(99))},  # top level wins
+        {"idx": 12, "image_path": "c.jpg", **texts(99), "text": json.dumps(texts(2))},  # text wins
     ]
     path = tmp_path / "train.json"
     path.write_text(json.dumps(records, indent=2))
@@ -43,6 +43,7 @@ def test_json_list_with_top_level_and_text_string_fields(tmp_path):
         (2, 12, "c.jpg", None),
     ]
     assert [(r.question, r.chosen, r.rejected) for r in got] == [tuple(texts(i).values()) for i in range(3)]
+    assert [r.text_disagrees for r in got] == [(), (), ("question", "chosen", "rejected")]
 
 
 def test_jsonl_test_split_with_a_malformed_line(tmp_path):

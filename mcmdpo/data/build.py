@@ -1,12 +1,12 @@
 """Building one HDF5 preference shard: records -> decoded, preprocessed images + rejected parts -> file.
 
 Every shard task reads the whole source file (texts only) so that record-level checks (duplicates,
-the rejected-context draw, the ``random`` strategy's other image) are global and the same in every
-task; it then decodes, preprocesses and writes only its own contiguous range of record positions
-(:func:`mcmdpo.data.shards.shard_range`). Decoding and preprocessing run on the calling thread; noise,
-the float16 cast and the HDF5 writes on one writer thread (:class:`Background`), so the two overlap
-when the task has two cores. :func:`provenance` computes the file attributes and the ``fingerprint``
-that decides reuse.
+the rejected-context draw, the ``random`` strategy's other image, ``text`` vs top-level disagreements)
+are global and the same in every task; it then decodes, preprocesses and writes only its own
+contiguous range of record positions (:func:`mcmdpo.data.shards.shard_range`). Decoding and
+preprocessing run on the calling thread; noise, the float16 cast and the HDF5 writes on one writer
+thread (:class:`Background`), so the two overlap when the task has two cores. :func:`provenance`
+computes the file attributes and the ``fingerprint`` that decides reuse.
 """
 
 from __future__ import annotations
@@ -132,6 +132,10 @@ class ShardBuilder:
         image = self.load(position)
         rng = self.rejected.rng(self.records[position].id)
         prepared = Prepared(position, self.pre(image), rng)
+        if self.rejected.coupled:  # upstream: c_l and m_l both come from record random_idx
+            prepared.context, other_image = self.context_image(position)
+            prepared.other, prepared.rejected = prepared.context, self.pre(other_image)
+            return prepared
         prepared.context = rejected_context_position(position, len(self.records), self.usable)
         if self.rejected.uses_other_record:
             prepared.other, other_image = self.random_image(position, rng)
@@ -172,6 +176,23 @@ class ShardBuilder:
     def sample(self, position: int) -> Any:
         """One finished Sample (both halves on the calling thread)."""
         return self.finish(self.prepare(position))
+
+    def context_image(self, position: int, attempts: int = 32) -> tuple[int, Any]:
+        """``random`` coupled to c_l: the rejected-context record and its image.
+
+        When that record's image cannot be used (upstream would crash), the same seeded draw goes on
+        (:func:`~mcmdpo.data.records.context_draws`) to the next record whose question and image are
+        both usable, and that record serves as c_l and m_l together.
+        """
+        from mcmdpo.data.records import BadRecord, context_draws
+
+        draws = context_draws(position, len(self.records), self.usable)
+        for _, other in zip(range(attempts), draws, strict=False):
+            try:
+                return other, self.load(other, count_mode=False)
+            except BadRecord:
+                continue
+        raise self.bad(position, "no_random_image", f"no usable context image in {attempts} draws")
 
     def random_image(self, position: int, rng: Any, attempts: int = 32) -> tuple[int, Any]:
         """Another record's image: uniform draws (from the sample's generator) until one decodes."""
@@ -287,7 +308,10 @@ class Background:
 
 def _report(builder: ShardBuilder, positions: range, kept: int) -> dict[str, Any]:
     skipped = builder.report.skipped
+    differ = Counter(f for p in positions for f in builder.records[p].text_disagrees)
     return {
+        "text_disagreements": sum(1 for p in positions if builder.records[p].text_disagrees),
+        "text_disagreements_by_field": dict(differ),
         "positions": [positions.start, positions.stop],
         "num_samples": kept,
         "num_skipped": len(skipped),
@@ -322,7 +346,7 @@ def provenance(
         "split": spec.split,
         "mode": spec.mode,
         **rejected.describe(),
-        "rejected_context": "random.Random(position).randint(0, n - 1), redrawn while == position",
+        "rejected_context": "random.Random(position).choice(range(n)), redrawn while == position",
         "processor_config": processor,
         "source_file": str(source.file),
         "source_format": source.format,

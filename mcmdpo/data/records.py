@@ -2,8 +2,11 @@
 
 Formats (see ``docs/method.md``):
 
-- a JSON list of records with ``idx``, ``image.path`` (or ``image_path``), and either top-level
-  ``question``/``chosen``/``rejected`` or a ``text`` field holding those keys as a JSON string;
+- a JSON list of records with ``idx``, ``image.path`` (or ``image_path``), and top-level
+  ``question``/``chosen``/``rejected`` and/or a ``text`` field holding those keys as a JSON string.
+  As upstream's ``DPODataset`` (``text = json.loads(sample['text'])``), ``text`` is read whenever it
+  is present; top-level fields are used only without it. Where both exist and differ, the record's
+  ``text_disagrees`` names the fields (counted in the precompute report);
 - JSONL, one record per line (the upstream test files, which are named ``*.json`` too);
 - parquet (or ``.arrow``) through ``datasets``; an ``image`` column with embedded bytes works too.
 
@@ -18,7 +21,7 @@ import functools
 import json
 import os
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +60,7 @@ class Record:
               rejected-context draw and the shard ranges use it.
     id:       ``idx`` (or ``id``) of the record; the position when the record has none.
     problem:  ``(code, message)`` when the record is bad before any image is opened.
+    text_disagrees: the fields whose top-level value differs from the ``text`` one (``text`` wins).
     """
 
     position: int
@@ -67,6 +71,7 @@ class Record:
     chosen: str = ""
     rejected: str = ""
     problem: tuple[str, str] | None = None
+    text_disagrees: tuple[str, ...] = ()
 
 
 class BadRecord(McmdpoError, ValueError):
@@ -159,7 +164,8 @@ def parse_record(raw: Any, position: int, split: Split = "train") -> Record:
     texts, problem = _texts(raw)
     image, image_bytes = _image_ref(raw)
     problem = problem or _check_fields(texts, image, image_bytes, split)
-    return Record(position, record_id, image, image_bytes, **texts, problem=problem)
+    differ = _disagreements(raw, texts) if problem is None else ()
+    return Record(position, record_id, image, image_bytes, **texts, problem=problem, text_disagrees=differ)
 
 
 def _record_id(raw: Mapping[str, Any], position: int) -> int | str:
@@ -175,9 +181,11 @@ def _record_id(raw: Mapping[str, Any], position: int) -> int | str:
 
 
 def _texts(raw: Mapping[str, Any]) -> tuple[dict[str, str], tuple[str, str] | None]:
-    """question/chosen/rejected from the top level, else from the JSON string in ``text``."""
+    """question/chosen/rejected from the JSON string in ``text`` when present (upstream
+    ``llava/train/train.py`` ``DPODataset.__getitem__``: ``text = json.loads(sample['text'])``), else
+    from the top level."""
     source: Mapping[str, Any] = raw
-    if not any(k in raw for k in ("question", "chosen")) and "text" in raw:
+    if raw.get("text") is not None:
         text = raw["text"]
         if isinstance(text, str):
             try:
@@ -193,6 +201,13 @@ def _texts(raw: Mapping[str, Any]) -> tuple[dict[str, str], tuple[str, str] | No
     if bad:
         return out, ("missing_field", f"{', '.join(bad)} must be strings")
     return out, None
+
+
+def _disagreements(raw: Mapping[str, Any], texts: Mapping[str, str]) -> tuple[str, ...]:
+    """Fields present both at the top level and in ``text`` with different values."""
+    if raw.get("text") is None:
+        return ()
+    return tuple(k for k in ("question", "chosen", "rejected") if k in raw and raw[k] != texts.get(k))
 
 
 def _image_ref(raw: Mapping[str, Any]) -> tuple[str | None, bytes | None]:
@@ -289,20 +304,39 @@ def resolve_image(root: Path, relative: str, real_root: Path | None = None) -> P
 def rejected_context_position(position: int, n: int, usable: Sequence[bool] | None = None) -> int:
     """The position whose ``question`` is the rejected context c_l of the record at ``position``.
 
-    Upstream: ``random.seed(i)`` then a uniformly random other index, reproduced as
-    ``random.seed(i); j = random.randint(0, n - 1)`` redrawn while ``j == i``. Deviation: records
-    with no usable question (``usable[j]`` false; upstream has none) are redrawn the same way.
-    ``random.Random(i)`` draws exactly what ``random.seed(i)`` + the module functions draw, without
-    touching the global state. The caller guarantees that some other position is usable
-    (:func:`check_context_pool`).
+    Upstream (``llava/train/train.py`` ``DPODataset.__getitem__``, lines 900-904)::
+
+        random.seed(i)
+        while True:
+            random_idx = random.choice(range(len(self.list_data_dict)))
+            if random_idx != i:
+                break
+
+    reproduced draw for draw with ``random.Random(i)`` (same draws as ``random.seed(i)`` + the module
+    functions, without touching the global state). Deviation: records with no usable question
+    (``usable[j]`` false; upstream has none) are skipped the same way, by drawing again. The caller
+    guarantees that some other position is usable (:func:`check_context_pool`).
+    """
+    return next(context_draws(position, n, usable))
+
+
+def context_draws(position: int, n: int, usable: Sequence[bool] | None = None) -> Iterator[int]:
+    """Upstream's draws for ``position`` that are not ``position`` and have a usable question, in order.
+
+    The first is c_l (:func:`rejected_context_position`); the ``random`` strategy, coupled to c_l,
+    takes the next ones when that record's image cannot be used (upstream would crash there).
     """
     if n < 2:
         raise ValueError("the rejected context needs at least two records")
+    return _draws(position, n, usable)
+
+
+def _draws(position: int, n: int, usable: Sequence[bool] | None) -> Iterator[int]:
     rng = random.Random(position)
-    j = rng.randint(0, n - 1)
-    while j == position or (usable is not None and not usable[j]):
-        j = rng.randint(0, n - 1)
-    return j
+    while True:
+        j = rng.choice(range(n))
+        if j != position and (usable is None or usable[j]):
+            yield j
 
 
 def check_context_pool(usable: Sequence[bool]) -> None:

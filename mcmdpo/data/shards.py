@@ -351,6 +351,10 @@ class PreferenceShards:
     def paths(self) -> list[Path]:
         return [r.path for r in self.readers]
 
+    def text_column(self, name: str) -> list[str]:
+        """One text column (``question``, ``chosen``, ...) of every sample, in global order."""
+        return [str(t) for r in self.readers for t in r.meta[name]]
+
     @classmethod
     def from_index(cls, index_path: Path | str) -> PreferenceShards:
         """Open the shards listed in an index JSON (paths relative to the index's folder)."""

@@ -51,7 +51,7 @@ from typing import Any
 from mcmdpo.artifacts import write_json_atomic
 from mcmdpo.errors import InputError, record_ref
 from mcmdpo.metrics import nlp
-from mcmdpo.metrics.predictions import read_predictions, write_predictions
+from mcmdpo.metrics.predictions import PredictionError, read_predictions, write_predictions
 
 PROTOCOLS = ("paper", "coco")
 _ASSISTANT = re.compile(r"^Assistant:")
@@ -479,12 +479,16 @@ def score_file(
 ) -> dict[str, Any]:
     """Score a predictions JSONL (lines with ``response`` and ``chosen``); write metrics JSON.
 
-    ``protocol`` is ``"paper"``, ``"coco"`` or a list of both. The per-sample scores go to
-    ``<out stem>.samples.jsonl`` next to ``out_path``. Returns the metrics document.
+    ``protocol`` is ``"paper"``, ``"coco"`` or a list of both; ``text`` the NLTK settings (data
+    folders, tokenizer; default punkt). The per-sample scores go to ``<out stem>.samples.jsonl`` next
+    to ``out_path``. Returns the metrics document. An empty file is a
+    :class:`~mcmdpo.metrics.predictions.PredictionError`.
     """
     protocols = [protocol] if isinstance(protocol, str) else list(protocol)
     pred_path, out_path = Path(pred_path), Path(out_path)
     records = read_predictions(pred_path, required=("response", "chosen"))
+    if not records:
+        raise PredictionError("no predictions in the file: nothing to score", file=pred_path)
     results = score_pairs(pairs_from_records(records, str(pred_path)), protocols, text)
     doc = metrics_document(results, predictions=str(pred_path), samples=samples_path(out_path).name)
     write_predictions(samples_path(out_path), sample_rows(results))

@@ -33,6 +33,7 @@ from typing import Any
 
 from mcmdpo.artifacts import content_hash, read_json, write_json_atomic
 from mcmdpo.metrics import nlp
+from mcmdpo.metrics.predictions import response_text
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,9 @@ Assume that the answer is correct, please identify all visible objects that are 
 1. You should only mention objects that are explicitly mentioned in the examiner's answer.
 2. You should only extract the object names without the attributes of the objects.
 3. You should not include the properties of the object, like the color, material, etc. as part of the object name in your result.
-4. Make your answer precise. Present the results in a JSON list format: [\\"object_1\\", ..., \\"object_n\\"].
+4. Make your answer precise. Present the results in a JSON list format: ["object_1", ..., "object_n"].
 5. You should return an empty JSON list () if no visible objects can be found.
-"""  # noqa: E501 - verbatim upstream prompt
+"""  # noqa: E501 - upstream's text as Python reads it (its source writes the quotes as \", i.e. plain quotes)
 
 
 @dataclass(frozen=True)
@@ -312,11 +313,6 @@ def _noun_runs(lemmas: Sequence[str], nouns: Sequence[bool]) -> list[str]:
 
 
 # ---------------------------------------------------------------- metrics
-
-
-def response_text(record: Mapping[str, Any]) -> str:
-    """Upstream ``load_generated_captions``: every "Assistant:" removed, then stripped."""
-    return str(record["response"]).replace("Assistant:", "").strip()
 
 
 def score_chair(

@@ -21,6 +21,7 @@ from typing import Any
 
 from mcmdpo.errors import InputError, record_ref
 from mcmdpo.metrics.judge import JudgeClient
+from mcmdpo.metrics.predictions import response_text
 
 QUESTION_TYPES = (
     "attribute",
@@ -107,9 +108,13 @@ REQUIRED = ("question_type", "image_content", "question", "gt_answer", "response
 
 
 def judge_prompt(record: Mapping[str, Any]) -> str:
-    """The upstream judge message for one record (image contents joined with ", ")."""
+    """The upstream judge message for one record (image contents joined with ", ").
+
+    The response loses every ``"Assistant:"`` and its outer whitespace first, as upstream's
+    ``merge_template_answer`` does (:func:`mcmdpo.metrics.predictions.response_text`).
+    """
     contents = ", ".join(str(c) for c in record["image_content"])
-    return TEMPLATE.format(contents, record["question"], record["gt_answer"], record["response"])
+    return TEMPLATE.format(contents, record["question"], record["gt_answer"], response_text(record))
 
 
 def parse_rating(reply: str) -> int | None:

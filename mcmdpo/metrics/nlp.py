@@ -36,8 +36,9 @@ WORDNET = "corpora/wordnet"
 
 DOWNLOAD_HINT = (
     "on a machine with internet: python -m nltk.downloader -d DIR punkt_tab wordnet "
-    "averaged_perceptron_tagger_eng; copy DIR to the cluster and list it in eval.nltk.data_dirs "
-    "(or export NLTK_DATA=DIR)"
+    "averaged_perceptron_tagger_eng; copy DIR to the cluster and list it in score.nltk.data_dirs "
+    "(mcmdpo score: --nltk-data DIR; or export NLTK_DATA=DIR). Without punkt_tab: tokenizer = "
+    "'treebank' (mcmdpo score --tokenizer treebank), a listed deviation"
 )
 
 # Closed-class words that have (rare) WordNet noun senses: "a" (vitamin A), "in" (inch), "can",

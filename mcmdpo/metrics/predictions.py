@@ -22,6 +22,16 @@ class PredictionError(InputError):
     """A predictions file that cannot be used; the message names the file and line."""
 
 
+def response_text(record: Mapping[str, Any]) -> str:
+    """The response as the RLAIF-V scorers read it: every ``"Assistant:"`` removed, then stripped.
+
+    ``eval/eval_gpt_obj_halbench.py`` (``load_generated_captions``) and ``eval/eval_gpt_mmhal.py``
+    (``merge_template_answer``: ``answer.replace("Assistant:", "").strip()``) both do this before
+    extracting objects or asking the judge. (The alt-text ``paper`` protocol strips only a leading one.)
+    """
+    return str(record["response"]).replace("Assistant:", "").strip()
+
+
 def id_key(item_id: Any) -> str:
     """A hashable, type-preserving key for an item id (``7`` and ``"7"`` differ)."""
     return json.dumps(item_id, sort_keys=True)

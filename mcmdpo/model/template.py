@@ -1,7 +1,16 @@
-"""Vicuna v1 conversation template (upstream LLaVA ``conv_vicuna_v1``) and its token pieces.
+"""LLaVA v1 conversation templates (upstream ``conv_vicuna_v1``, ``conv_llava_v1``) and their token pieces.
 
-Upstream ``conv_vicuna_v1`` uses ``SeparatorStyle.TWO`` with ``sep=" "`` and ``sep2="</s>"``; the first
-user message is ``"<image>\\n" + question``. A one-turn training conversation therefore reads::
+Two templates, identical but for the system text (upstream ``llava/conversation.py``):
+
+- ``vicuna_v1`` (``conv_vicuna_v1``, "... a curious user ... the user's questions."): what upstream
+  **trains** with (``--version v1`` in ``scripts/*.sh`` selects ``conv_templates["v1"] =
+  conv_vicuna_v1``); the training and reference stages always use it.
+- ``llava_v1`` (``conv_llava_v1``, "... a curious human ... the human's questions."): what upstream
+  **generates** with (``mcmdpo_inference.py``: ``conv_templates['llava_v1']``); the default of
+  ``[eval] template``.
+
+Both use ``SeparatorStyle.TWO`` with ``sep=" "`` and ``sep2="</s>"``; the first user message is
+``"<image>\\n" + question``. A one-turn training conversation therefore reads::
 
     {SYSTEM} USER: <image>\\n{question} ASSISTANT: {answer}</s>
 
@@ -11,7 +20,7 @@ below follow the same split so that the log-prob engine can share the prefix bet
 
     prefix ids  = BOS + tokens("{SYSTEM} USER: ")
     image       = ``num_image_tokens`` copies of the image token id
-    context ids = tokens("\\n{question} ASSISTANT:")
+    context ids = tokens("\\n{question} ASSISTANT:")   (training: the stripped question, see below)
     answer ids  = tokens(" {answer}") + [EOS]   (the answer as it tokenises after "ASSISTANT:")
 """
 
@@ -25,6 +34,16 @@ SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
+"""``conv_vicuna_v1.system``: the training template's system text."""
+LLAVA_V1_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+"""``conv_llava_v1.system``: the system text of upstream inference (``mcmdpo_inference.py``)."""
+TEMPLATES: dict[str, str] = {"vicuna_v1": SYSTEM, "llava_v1": LLAVA_V1_SYSTEM}
+"""Template name -> system text (roles and separators are the same)."""
+TRAINING_TEMPLATE = "vicuna_v1"
+INFERENCE_TEMPLATE = "llava_v1"
 ROLES = ("USER", "ASSISTANT")
 SEP = " "
 SEP2 = "</s>"
@@ -55,23 +74,51 @@ class PromptPieces:
         return [ignore_index] * n_prompt + list(self.answer_ids)
 
 
-def format_prompt(question: str, answer: str | None = None, image_token: str = IMAGE_TOKEN) -> str:
-    """The Vicuna v1 conversation string; ends with ``"ASSISTANT:"`` when ``answer`` is None."""
-    text = f"{SYSTEM}{SEP}{ROLES[0]}: {image_token}\n{question}{SEP}{ROLES[1]}:"
+def system_text(template: str = TRAINING_TEMPLATE) -> str:
+    """The system text of ``template`` (``vicuna_v1`` or ``llava_v1``)."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown conversation template {template!r} (valid: {', '.join(TEMPLATES)})")
+    return TEMPLATES[template]
+
+
+def format_prompt(
+    question: str,
+    answer: str | None = None,
+    image_token: str = IMAGE_TOKEN,
+    template: str = TRAINING_TEMPLATE,
+) -> str:
+    """The conversation string; ends with ``"ASSISTANT:"`` when ``answer`` is None."""
+    text = f"{system_text(template)}{SEP}{ROLES[0]}: {image_token}\n{question}{SEP}{ROLES[1]}:"
     if answer is None:
         return text
     return f"{text} {answer}{SEP2}"
 
 
-def encode_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def encode_prefix(tokenizer: PreTrainedTokenizerBase, template: str = TRAINING_TEMPLATE) -> list[int]:
     """BOS + system prompt + ``" USER: "``: the part shared by every condition."""
-    ids = tokenizer(f"{SYSTEM}{SEP}{ROLES[0]}: ", add_special_tokens=False)["input_ids"]
+    ids = tokenizer(f"{system_text(template)}{SEP}{ROLES[0]}: ", add_special_tokens=False)["input_ids"]
     return _with_bos(tokenizer, ids)
 
 
 def encode_context(tokenizer: PreTrainedTokenizerBase, question: str) -> list[int]:
     """``"\\n{question} ASSISTANT:"``: the text between the image and the answer."""
     return tokenizer(f"\n{question}{SEP}{ROLES[1]}:", add_special_tokens=False)["input_ids"]
+
+
+def training_question(question: str) -> str:
+    """The question as upstream training templates it: stripped of outer whitespace.
+
+    Upstream ``llava/train/train.py`` builds ``"<image>\\n" + question`` and ``preprocess_multimodal``
+    then does ``value.replace(DEFAULT_IMAGE_TOKEN, '').strip()`` and puts ``"<image>\\n"`` back in
+    front, so a question's leading/trailing spaces and newlines never reach the model. Upstream
+    inference (``mcmdpo_inference.py``) does not strip; generation uses the question as it is.
+    """
+    return question.strip()
+
+
+def encode_training_context(tokenizer: PreTrainedTokenizerBase, question: str) -> list[int]:
+    """:func:`encode_context` of the stripped question (training and reference log-probs)."""
+    return encode_context(tokenizer, training_question(question))
 
 
 def encode_answer(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
@@ -86,11 +133,15 @@ def encode_answer(tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
 
 
 def encode_prompt(
-    tokenizer: PreTrainedTokenizerBase, question: str, answer: str | None, num_image_tokens: int
+    tokenizer: PreTrainedTokenizerBase,
+    question: str,
+    answer: str | None,
+    num_image_tokens: int,
+    template: str = TRAINING_TEMPLATE,
 ) -> PromptPieces:
     """Token pieces of one conversation; ``answer=None`` gives a generation prompt."""
     return PromptPieces(
-        prefix_ids=tuple(encode_prefix(tokenizer)),
+        prefix_ids=tuple(encode_prefix(tokenizer, template)),
         num_image_tokens=num_image_tokens,
         context_ids=tuple(encode_context(tokenizer, question)),
         answer_ids=tuple(encode_answer(tokenizer, answer)) if answer is not None else (),
@@ -105,5 +156,5 @@ def _with_bos(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
 def _require_id(tokenizer: PreTrainedTokenizerBase, name: str) -> int:
     value = getattr(tokenizer, name)
     if value is None:
-        raise ValueError(f"tokenizer has no {name}; the Vicuna v1 template needs BOS and EOS")
+        raise ValueError(f"tokenizer has no {name}; the LLaVA v1 templates need BOS and EOS")
     return int(value)

@@ -203,6 +203,7 @@ def _validate(
     if "run" not in sections or "cluster" not in sections:
         return None
     _add_implied(sections, registry)
+    _resolve(sections, registry)
     cluster: ClusterSpec = sections["cluster"]
     profile = _check_cluster(cluster, registry, path, source, problems)
     stages = {name: spec for name, spec in sections.items() if name in registry}
@@ -221,6 +222,15 @@ def _add_implied(sections: dict[str, Any], registry: Mapping[str, Stage]) -> Non
             if name not in sections and any(s in sections for s in stage.implied_by):
                 sections[name] = stage.spec.model_validate({})
                 added = True
+
+
+def _resolve(sections: dict[str, Any], registry: Mapping[str, Stage]) -> None:
+    """Apply the stages' ``resolve`` hooks (values that depend on other sections) to the validated specs."""
+    doc = {name: spec.model_dump(mode="json") for name, spec in sections.items()}
+    for name, spec in list(sections.items()):
+        stage = registry.get(name)
+        if stage is not None and stage.resolve is not None:
+            sections[name] = stage.resolve(spec, doc)
 
 
 def _check_cluster(

@@ -1,12 +1,11 @@
 """Stage ``eval``: generate predictions for every (model, benchmark, shard) as GPU array tasks.
 
-Models: ``base`` (``[model]``), ``sft`` and ``preference`` (one per sweep point). A task's id hashes
-only what decides its predictions (the model task it reads, the benchmark's files, the generation
-settings, its shard), so with a preference sweep the base and SFT models are evaluated once, and
-changing ``[score]`` never re-queues a generation. Each task generates its shard with
-:mod:`mcmdpo.generate` (batched, resumable through a ledger under ``.work/``) and writes
-``predictions.jsonl`` (``id``, the benchmark's scorer fields, ``prompt``, ``response``, ``model``,
-``generation``) and ``generation.json``.
+Models: ``base`` (``[model]``), ``sft`` and ``preference`` (one per sweep point). A task's id hashes only
+what decides its predictions (its model task, the benchmark's files, the generation settings, its
+shard): with a preference sweep the base and SFT models are evaluated once, and changing ``[score]``
+never re-queues a generation. Each task generates its shard with :mod:`mcmdpo.generate` (``engine``
+hf or vllm; batched, resumable through a ledger under ``.work/``) and writes ``predictions.jsonl``
+(``id``, scorer fields, ``prompt``, ``response``, ``model``, ``generation``) and ``generation.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from mcmdpo.generate import GenerationConfig
 from mcmdpo.spec import reject_moved
 from mcmdpo.stage import Stage, StageSpec, TaskContext, register
 
-VERSION = 1
+VERSION = 2  # 2: dtype auto = float16 on GPU, llava_v1 template, engine
 MOVED_TO_SCORE = {"": ("protocols", "nltk", "judge"), "objhal": ("extractor", "spacy_model"),
                   "amber": ("similarity", "spacy_model", "threshold")}  # fmt: skip
 
@@ -39,13 +38,18 @@ class EvalSpec(StageSpec, BenchmarkSources):
     batch_size: int = Field(8, ge=1, description="prompts per generate call (left-padded)")
     max_new_tokens: int = Field(256, ge=1, description="generation length limit (upstream 256)")
     num_beams: int = Field(1, ge=1, description="1 = greedy; upstream inference used 3")
-    template: Literal["vicuna_v1"] = Field("vicuna_v1", description="conversation template (LLaVA conv v1)")
+    template: Literal["llava_v1", "vicuna_v1"] = Field(
+        "llava_v1", description="llava_v1: upstream inference's system text; vicuna_v1: the training one"
+    )
     question_suffix: str = Field("\n", description="appended to the question (upstream inference adds '\\n')")
     image_mode: Literal["pad", "anyres"] | None = Field(
         None, description="pad | anyres (default: the mode recorded by the model stage, else pad)"
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights dtype for generation (auto: bfloat16 on GPU, float32 on CPU)"
+        "auto", description="weights dtype for generation (auto: float16 on GPU as upstream, float32 on CPU)"
+    )
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers generate; vllm: vLLM offline engine (extra 'vllm', GPU, greedy)"
     )
     limit: int | None = Field(
         None, ge=1, description="use only the first N items of each benchmark (smoke runs)"
@@ -55,6 +59,12 @@ class EvalSpec(StageSpec, BenchmarkSources):
     @classmethod
     def _moved(cls, data: Any) -> Any:
         return reject_moved(data, MOVED_TO_SCORE, "score")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalSpec:
+        if self.engine == "vllm" and self.num_beams != 1:
+            raise ValueError(f"engine 'vllm' generates greedily: num_beams must be 1 (got {self.num_beams})")
+        return self
 
 
 def eval_tasks(spec: EvalSpec, recipe: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -94,7 +104,7 @@ def run_eval(ctx: TaskContext) -> list[str]:
     from mcmdpo.artifacts import content_hash, write_json_atomic
     from mcmdpo.assets import require_assets
     from mcmdpo.benchmarks import read_items, shard_items
-    from mcmdpo.generate import generate_items, generation_config
+    from mcmdpo.generate import generate_items, generation_config, generator_loader
     from mcmdpo.metrics.predictions import write_predictions
     from mcmdpo.resumable import mark_complete, reusable
 
@@ -105,6 +115,7 @@ def run_eval(ctx: TaskContext) -> list[str]:
     source = handoff.benchmark_source(ctx, ctx.recipe["eval"], p["benchmark"])
     items = shard_items(read_items(p["benchmark"], source, spec.limit), p["shard"], p["num_shards"])
     config = generation_config(spec, handoff.declared_mode(ctx))
+    load = generator_loader(config.engine)  # vllm: one clear error here when vLLM or a GPU is missing
     info = {**p, "model_dir": str(model_dir), "source": source, "generation": config.public()}
     key = content_hash(
         {**info, "model_dir": os.path.realpath(model_dir), "limit": spec.limit, "version": VERSION}
@@ -115,7 +126,7 @@ def run_eval(ctx: TaskContext) -> list[str]:
         ctx.summary.update(done["summary"])
     else:
         fields = {"model": p["model"], "model_path": str(model_dir), "benchmark": p["benchmark"]}
-        records, stats = generate_items(ctx, items, model_dir, config, fields, key)
+        records, stats = generate_items(ctx, items, model_dir, config, fields, key, load)
         write_predictions(ctx.out_dir / handoff.PREDICTIONS, records)
         write_json_atomic(ctx.out_dir / handoff.GENERATION, {**info, "key": key, **stats})
         ctx.summary.update({k: v for k, v in stats.items() if k in ("generated_tokens", "tokens_per_s")})

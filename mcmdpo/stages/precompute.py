@@ -4,76 +4,22 @@ The work is :mod:`mcmdpo.data.build` (records -> samples -> one shard, written u
 renamed when complete, with its ``.report.json``) and :mod:`mcmdpo.data.shards` (the layout). Inputs:
 the ``data`` manifest (or ``data_file`` + ``image_root``) and the image processor of the ``model``
 stage (or ``processor_path``, or the built-in LLaVA-1.6 config). Training opens the finished tasks with
-``PreferenceShards.from_inputs(ctx.inputs["precompute"])``.
+``PreferenceShards.from_inputs(ctx.inputs["precompute"])``. The fields are :class:`PrecomputeSpec`
+(:mod:`mcmdpo.data.spec`); ``strategy = "auto"`` is resolved from the recipe when it is validated.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from typing import Any
 
 from mcmdpo import handoff
 from mcmdpo.artifacts import atomic_path, read_json, write_json_atomic
+from mcmdpo.data.spec import PrecomputeSpec, resolve_precompute
 from mcmdpo.errors import ConfigError
 from mcmdpo.resumable import mark_complete, remove_stale_temps, reusable
-from mcmdpo.spec import existing_path
-from mcmdpo.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.stage import Stage, TaskContext, register
 
-
-class PrecomputeSpec(StageSpec):
-    """``[precompute]``: how preference records become HDF5 shards."""
-
-    split: Literal["train", "test"] = Field(
-        "train", description="which split of the data stage; test records have no rejected text"
-    )
-    strategy: Literal["diffusion", "black", "crop", "rotate", "random"] = Field(
-        "diffusion", description="how the rejected image m_l is made (paper Table 5; see mcmdpo.noise)"
-    )
-    diffusion_step: int = Field(
-        700, ge=0, le=1000, description="diffusion: step t (0-999 as upstream; 1000 = the last step, 999)"
-    )
-    schedule: Literal["upstream_sigmoid", "linear_ddpm"] = Field(
-        "upstream_sigmoid", description="diffusion: beta schedule (upstream sigmoid, or standard linear DDPM)"
-    )
-    mode: Literal["pad", "anyres"] = Field(
-        "pad", description="pad: expand to square + one SxS tensor (upstream); anyres: LLaVA-NeXT tiling"
-    )
-    num_shards: int | None = Field(None, ge=1, description="number of shards = array tasks (default 1)")
-    samples_per_shard: int | None = Field(
-        None, ge=1, description="instead of num_shards: records per shard (count known at planning)"
-    )
-    dtype: Literal["float16", "float32"] = Field("float16", description="storage dtype of pixel tensors")
-    on_bad_record: Literal["fail", "skip"] = Field(
-        "fail", description="fail: stop at the first bad record; skip: leave it out and list it in the report"
-    )
-    non_rgb: Literal["convert", "bad"] = Field(
-        "convert", description="non-RGB images (L, P, CMYK, RGBA, ...): convert('RGB') as upstream, or bad"
-    )
-    max_image_pixels: int = Field(
-        89_478_485, ge=1, description="decompression-bomb limit: larger images are bad records"
-    )
-    seed_offset: int = Field(0, ge=0, description="added to run.seed for the rejected-image draws")
-    processor_path: str | None = Field(
-        None, description="image processor folder when the recipe has no [model] stage (else built-in)"
-    )
-    data_file: str | None = Field(None, description="source file when the recipe has no [data] stage")
-    image_root: str | None = Field(None, description="image folder of data_file (no [data] stage)")
-
-    @field_validator("data_file", "image_root", "processor_path")
-    @classmethod
-    def _exists(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None:
-            return None
-        return existing_path(value, "file" if info.field_name == "data_file" else "dir")
-
-    @model_validator(mode="after")
-    def _check(self) -> PrecomputeSpec:
-        if self.num_shards is not None and self.samples_per_shard is not None:
-            raise ValueError("set num_shards or samples_per_shard, not both")
-        if self.data_file and not self.image_root:
-            raise ValueError("data_file needs image_root")
-        return self
+__all__ = ["PrecomputeSpec", "precompute_tasks", "run_precompute"]
 
 
 def precompute_tasks(spec: PrecomputeSpec, doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -93,7 +39,7 @@ def run_precompute(ctx: TaskContext) -> list[str]:
     from mcmdpo.data.shards import shard_name, shard_range
     from mcmdpo.noise import RejectedImages
 
-    spec: PrecomputeSpec = ctx.spec
+    spec = resolve_precompute(ctx.spec, ctx.recipe)  # resolved at validation; "auto" in library use
     shard, num_shards = int(ctx.params["shard"]), int(ctx.params["num_shards"])
     name = shard_name(shard, num_shards)
     final, report_path = ctx.out_dir / f"{name}.h5", ctx.out_dir / f"{name}.report.json"
@@ -115,7 +61,7 @@ def run_precompute(ctx: TaskContext) -> list[str]:
             report = {"shard": shard, "num_shards": num_shards, "fingerprint": attrs["fingerprint"], **report}
             write_json_atomic(report_path, report)
         mark_complete(ctx.work_dir, attrs["fingerprint"], [final.name, report_path.name])
-    ctx.summary.update(num_samples=report["num_samples"], num_skipped=report["num_skipped"])
+    ctx.summary.update({k: report.get(k, 0) for k in ("num_samples", "num_skipped", "text_disagreements")})
     return [final.name, report_path.name]
 
 
@@ -137,5 +83,6 @@ STAGE = register(
         run=run_precompute,
         after=("data", "model"),
         tasks=precompute_tasks,
+        resolve=resolve_precompute,
     )
 )

@@ -42,11 +42,24 @@ def setup_distributed(world_size: int) -> tuple[int, int, int]:
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        _forget_deepspeed_groups()
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     else:  # an earlier task of this process (debug executor) made the group; its variables may be gone
         for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
             os.environ.setdefault(key, value)
     return dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
+
+
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed caches clones of the world group in module globals; after an earlier group of this
+    process was destroyed (in-process tasks, tests) they are stale and its broadcast fails with
+    "Group ... is not registered". A new group starts with empty caches."""
+    from deepspeed.utils import groups
+
+    groups._WORLD_GROUP = None
+    groups._ZERO_PARAM_INTRA_PARALLEL_GROUP = None
+    for name in ("_EXPERT_PARALLEL_GROUP", "_EXPERT_DATA_PARALLEL_GROUP", "_ALL_TO_ALL_GROUP"):
+        getattr(groups, name).clear()
 
 
 def _single_process_env() -> None:

@@ -40,7 +40,7 @@ from mcmdpo.handoff import check_geometry
 from mcmdpo.resumable import copy_atomic, mark_complete, pause_for_tests, reusable
 from mcmdpo.stage import TaskContext
 from mcmdpo.train import checkpoint
-from mcmdpo.train.batches import DataOrder, Prefetcher
+from mcmdpo.train.batches import DataOrder, Prefetcher, sample_lengths
 from mcmdpo.train.engine import build_engine, seed_everything, setup_distributed
 from mcmdpo.train.export import export_model
 from mcmdpo.train.metrics import MetricsLog, log_line
@@ -123,7 +123,11 @@ def setup(ctx: TaskContext, spec: TrainSpec, init_dir: Path, build_objective: Ob
     check_geometry(policy.processor, reader.attrs.get("patch_shape"), reader.path, "the training model")
     source = SampleSource(shards, policy.processor, policy.mode)
     objective = build_objective(source, policy.model, policy.processor)
-    order = DataOrder(min(len(shards), spec.max_samples or len(shards)), layout, seed)
+    n = min(len(shards), spec.max_samples or len(shards))
+    lengths = (
+        sample_lengths(shards.text_column, n, ctx.stage) if spec.data_order == "length_grouped" else None
+    )
+    order = DataOrder(n, layout, seed, lengths)
     objective.prepare(range(order.num_samples))
     total = min(order.steps_per_epoch * spec.epochs, spec.max_steps or 2**62)
     engine = build_engine(policy.model, spec, layout, total)

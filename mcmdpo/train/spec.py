@@ -92,6 +92,11 @@ class TrainSpec(StageSpec):
         "from the fields above)",
     )
     seed: int | None = Field(None, ge=0, description="data order seed (default: run.seed)")
+    data_order: Literal["random", "length_grouped"] = Field(
+        "random",
+        description="random: a permutation per epoch; length_grouped: upstream LLaVA's "
+        "group_by_modality_length sampler (megabatches sorted by length, balanced micro-batches)",
+    )
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="save a checkpoint every N optimizer steps"
     )
@@ -173,6 +178,12 @@ class LossSpec(StageSpec):
     form: Literal["paper", "upstream"] = Field(
         "paper", description="mcmdpo: paper Eq. 2 (sum of terms) or the authors' code (one fused sigmoid)"
     )
+    norm: float | None = Field(
+        None,
+        gt=0,
+        description="form upstream: the fixed divisor of the weighted margins (default 2.8, upstream's "
+        "para_norm, unchanged by drop or gamma); refused with form paper",
+    )
     lambda_: float = Field(
         1.0,
         ge=0,
@@ -199,6 +210,12 @@ class LossSpec(StageSpec):
             if ablation_key(name) not in valid:
                 raise ValueError(f"unknown group or term {name!r} (valid: {', '.join(valid)})")
         return value
+
+    @model_validator(mode="after")
+    def _check_norm(self) -> LossSpec:
+        if self.norm is not None and self.form != "upstream":
+            raise ValueError("norm applies only to form = 'upstream' (the paper form has no divisor)")
+        return self
 
 
 class PreferenceSpec(TrainSpec):
