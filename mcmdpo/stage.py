@@ -58,6 +58,10 @@ class Stage:
              section and the sections it reads). Keep it to what the run function uses.
     gather:  one instance for the whole plan, reading every task of the stages it runs after across
              all sweep points (a report over every point); its section cannot be swept.
+    uses:    ``uses(spec, doc) -> stages``: the stages of ``after`` that this configuration reads
+             (default: all of them). A stage whose inputs depend on its settings declares them here
+             (``[sft] data = "files"`` reads ``sft_data``, not ``precompute``), so that sweep points
+             over stages it does not read share its instance.
     """
 
     name: str
@@ -73,6 +77,12 @@ class Stage:
     consumes: Callable[[TaskParams, str, TaskParams], bool] | None = None
     key: Callable[[Any, TaskParams, Mapping[str, Any]], Any] | None = None
     gather: bool = False
+    uses: Callable[[Any, Mapping[str, Any]], Sequence[str]] | None = None
+
+    def used(self, spec: Any, doc: Mapping[str, Any]) -> tuple[str, ...]:
+        """The stages of ``after`` read by this configuration (present in ``doc`` or not)."""
+        names = self.after if self.uses is None else tuple(self.uses(spec, doc))
+        return tuple(d for d in self.after if d in names)
 
     @property
     def task_level(self) -> bool:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+from mcmdpo.spec import expand_vars
 
 SafeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
 """A job/run name: letters, digits, '_', '.', '-' (no spaces, quotes or shell metacharacters)."""
@@ -27,7 +29,9 @@ class RunSpec(Section):
     """``[run]``: what the run is called, where it writes, which seed it uses."""
 
     name: SafeName = Field(description="run name; the run dir is <output_root>/<name>")
-    output_root: Path = Field(Path("runs"), description="parent of run dirs (relative: to the cwd)")
+    output_root: Annotated[Path, BeforeValidator(expand_vars)] = Field(
+        Path("runs"), description="parent of run dirs (relative: to the cwd; ${VAR} expanded)"
+    )
     seed: int = Field(0, ge=0, description="base seed; every stage derives its own from it")
     plugins: tuple[str, ...] = Field((), description="importable modules that register extra stages")
 

@@ -26,7 +26,7 @@ MODEL_LABELS = {
 KIND_KEY = "preference.loss.kind"  # already in the model label
 
 
-GROUP_NAMES = {"single": "Single", "pair": "Pair", "multi": "Multi"}
+GROUP_NAMES = {"single": "Single", "pair": "Pair", "multi": "Multi", "context": "Context"}
 
 
 def _drop_label(value: Any) -> str:

@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 from mcmdpo.artifacts import file_hash, write_json_atomic
 from mcmdpo.errors import MissingInput
 from mcmdpo.handoff import DATA_MANIFEST as MANIFEST
+from mcmdpo.spec import EnvStr
 from mcmdpo.stage import Stage, StageSpec, TaskContext, register
 
 DEMO_DIR = "demo"
@@ -38,10 +39,14 @@ class DataSpec(StageSpec):
     seed: int = Field(0, ge=0, description="demo: seed of the scene generator")
     min_image_size: int = Field(256, ge=16, description="demo: smallest image side in pixels")
     max_image_size: int = Field(512, ge=16, description="demo: largest image side in pixels")
-    train_file: str | None = Field(None, description="files: preference records (JSON list, JSONL, parquet)")
-    train_images: str | None = Field(None, description="files: folder the train image paths are relative to")
-    test_file: str | None = Field(None, description="files: test records (JSONL, JSON list, parquet)")
-    test_images: str | None = Field(None, description="files: folder the test image paths are relative to")
+    train_file: EnvStr | None = Field(
+        None, description="files: preference records (JSON list, JSONL, parquet)"
+    )
+    train_images: EnvStr | None = Field(
+        None, description="files: folder the train image paths are relative to"
+    )
+    test_file: EnvStr | None = Field(None, description="files: test records (JSONL, JSON list, parquet)")
+    test_images: EnvStr | None = Field(None, description="files: folder the test image paths are relative to")
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:

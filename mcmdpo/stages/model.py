@@ -18,7 +18,7 @@ from mcmdpo import handoff
 from mcmdpo.artifacts import read_json, write_json_atomic
 from mcmdpo.handoff import MODEL_DIR
 from mcmdpo.handoff import MODEL_MANIFEST as MANIFEST
-from mcmdpo.spec import existing_path
+from mcmdpo.spec import EnvStr, existing_path
 from mcmdpo.stage import Stage, StageSpec, TaskContext, register
 
 TINY_FIELDS = ("image_size", "patch_size", "hidden_size", "num_layers", "vocab_size")
@@ -30,7 +30,7 @@ class ModelSpec(StageSpec):
     source: Literal["tiny", "path"] = Field(
         "tiny", description="tiny: build a small random LLaVA-NeXT; path: use an existing HF folder"
     )
-    path: str | None = Field(
+    path: EnvStr | None = Field(
         None,
         validate_default=True,
         description="path: HF LLaVA-NeXT folder with config.json (relative: to the submit directory)",

@@ -18,6 +18,7 @@ from mcmdpo import handoff
 from mcmdpo.artifacts import atomic_path, read_json, write_json_atomic
 from mcmdpo.errors import ConfigError
 from mcmdpo.resumable import mark_complete, remove_stale_temps, reusable
+from mcmdpo.spec import EnvStr
 from mcmdpo.stage import Stage, StageSpec, TaskContext, register
 
 
@@ -54,11 +55,11 @@ class PrecomputeSpec(StageSpec):
         89_478_485, ge=1, description="decompression-bomb limit: larger images are bad records"
     )
     seed_offset: int = Field(0, ge=0, description="added to run.seed for the rejected-image draws")
-    processor_path: str | None = Field(
+    processor_path: EnvStr | None = Field(
         None, description="image processor folder when the recipe has no [model] stage (else built-in)"
     )
-    data_file: str | None = Field(None, description="source file when the recipe has no [data] stage")
-    image_root: str | None = Field(None, description="image folder of data_file (no [data] stage)")
+    data_file: EnvStr | None = Field(None, description="source file when the recipe has no [data] stage")
+    image_root: EnvStr | None = Field(None, description="image folder of data_file (no [data] stage)")
 
     @model_validator(mode="after")
     def _check(self) -> PrecomputeSpec:
