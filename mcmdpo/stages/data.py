@@ -1,15 +1,15 @@
-"""Stage ``data``: the source files of a run, generated (``demo``) or checked (``files``).
+"""Stage ``data``: the source files of a run, generated (``demo``), checked (``files``) or curated.
 
 Output: ``data.json``, a manifest that later stages read instead of the recipe::
 
-    {"source": "demo" | "files",
+    {"source": "demo" | "files" | "curate",
      "splits": {"train": {"file": ..., "images": ..., "format": "json", "num_records": 64,
                           "sha256": ..., "size": ...},
                 "test": {...}}}
 
-Paths in the manifest are relative to the task folder for ``demo`` (generated under ``demo/``) and
-absolute for ``files``. Relative paths in the recipe are resolved against the directory the job
-starts in (the directory ``mcmdpo submit`` ran from); prefer absolute paths on a cluster.
+Paths in the manifest are relative to the task folder for ``demo`` (generated under ``demo/``),
+absolute for ``files`` and ``curate`` (``curate_split``'s ``preference.json`` as train, ``test.jsonl``
+as test, with its ``images/``). Relative recipe paths start at the directory ``mcmdpo submit`` ran in.
 """
 
 from __future__ import annotations
@@ -31,20 +31,18 @@ DEMO_DIR = "demo"
 class DataSpec(StageSpec):
     """``[data]``: where the preference (train) and test records come from."""
 
-    source: Literal["demo", "files"] = Field(
-        "demo", description="demo: generate the synthetic dataset; files: use existing upstream-format files"
+    source: Literal["demo", "files", "curate"] = Field(
+        "demo",
+        description="demo: generate the synthetic dataset; files: use existing upstream-format files; "
+        "curate: the outputs of the [curate] stages",
     )
     num_train: int = Field(64, ge=2, description="demo: number of preference (train) records")
     num_test: int = Field(16, ge=0, description="demo: number of test records")
     seed: int = Field(0, ge=0, description="demo: seed of the scene generator")
     min_image_size: int = Field(256, ge=16, description="demo: smallest image side in pixels")
     max_image_size: int = Field(512, ge=16, description="demo: largest image side in pixels")
-    train_file: EnvStr | None = Field(
-        None, description="files: preference records (JSON list, JSONL, parquet)"
-    )
-    train_images: EnvStr | None = Field(
-        None, description="files: folder the train image paths are relative to"
-    )
+    train_file: EnvStr | None = Field(None, description="files: preference records (JSON, JSONL, parquet)")
+    train_images: EnvStr | None = Field(None, description="files: folder train image paths start at")
     test_file: EnvStr | None = Field(None, description="files: test records (JSONL, JSON list, parquet)")
     test_images: EnvStr | None = Field(None, description="files: folder the test image paths are relative to")
 
@@ -68,7 +66,7 @@ def run_data(ctx: TaskContext) -> list[str]:
         manifest = _demo(spec, ctx.out_dir)
         outputs = [MANIFEST, DEMO_DIR]
     else:
-        manifest = _files(spec)
+        manifest = _files(spec) if spec.source == "files" else _curated(ctx)
         outputs = [MANIFEST]
     write_json_atomic(ctx.out_dir / MANIFEST, manifest)
     ctx.summary.update({s: info["num_records"] for s, info in manifest["splits"].items()})
@@ -117,16 +115,35 @@ def _files(spec: DataSpec) -> dict[str, Any]:
     return {"source": "files", "splits": splits}
 
 
+def _curated(ctx: TaskContext) -> dict[str, Any]:
+    """The ``curate_split`` outputs as the train (preference.json) and test (test.jsonl) splits."""
+    from mcmdpo.data.records import count_records
+    from mcmdpo.handoff import curated_files
+
+    if not ctx.inputs.get("curate_split"):
+        raise MissingInput("source = 'curate' needs the [curate] stages in the recipe", field="data.source")
+    files = curated_files(ctx.inputs["curate_split"][0])
+    splits = {
+        s: {"file": str(f), "images": str(files["images"]), **_describe(f, count_records(f))}
+        for s, f in (("train", files["preference"]), ("test", files["test"]))
+    }
+    return {"source": "curate", "splits": splits}
+
+
 def _describe(file: Path, num_records: int) -> dict[str, Any]:
     from mcmdpo.data.records import detect_format
 
-    stat = file.stat()
+    size = file.stat().st_size
     return {
         "format": detect_format(file),
         "num_records": num_records,
         "sha256": file_hash(file),
-        "size": stat.st_size,
+        "size": size,
     }
 
 
-STAGE = register(Stage(name="data", spec=DataSpec, run=run_data))
+def data_uses(spec: DataSpec, doc: Any) -> tuple[str, ...]:
+    return ("curate_split",) if spec.source == "curate" else ()
+
+
+STAGE = register(Stage(name="data", spec=DataSpec, run=run_data, after=("curate_split",), uses=data_uses))
