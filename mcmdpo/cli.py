@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -62,22 +63,26 @@ def submit(
     set_: SetOpt = None,  # type: ignore[assignment]
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, submit nothing")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="with --dry-run: the plan as JSON")] = False,
+    smoke: Annotated[
+        bool, typer.Option("--smoke", help="the same DAG on stand-ins (tiny model, CPU, local): <run>-smoke")
+    ] = False,
 ) -> None:
     """Plan the recipe and submit every task that is not done yet (re-run it any time to resume)."""
     from mcmdpo.launch import submit as submit_plan
 
-    loaded = _load(recipe, set_ or [])
     if as_json and not dry_run:
         raise typer.BadParameter("--json needs --dry-run")
-    report = submit_plan(loaded, dry_run=dry_run, progress=lambda line: err.print(line, highlight=False))
-    if as_json:
-        sys.stdout.write(json.dumps(report.plan.to_json(), indent=2) + "\n")
+    with _loaded(recipe, set_ or [], smoke, dry_run) as loaded:
+        report = submit_plan(loaded, dry_run=dry_run, progress=lambda line: err.print(line, highlight=False))
+    if dry_run:
+        _print_dry_run(report, loaded, as_json)
         return
     out.print(_plan_table(report))
-    if dry_run:
-        out.print(f"dry run: nothing submitted; run dir would be {report.plan.run_dir}")
-        return
     out.print(f"run dir: {report.plan.run_dir}   (mcmdpo status {report.plan.run_dir})")
+    if smoke and report.ok:
+        from mcmdpo.smoke import report_markdown
+
+        sys.stdout.write(report_markdown(report.plan) or "(no [report] stage in this recipe)\n")
     if not report.ok:
         err.print(f"[red]not finished:[/red] {report.blocked_by or 'failed tasks'}")
         raise typer.Exit(1)
@@ -186,9 +191,43 @@ def assets_check(
         raise typer.Exit(1)
 
 
-def _plan_table(report) -> Table:  # noqa: ANN001
+@contextlib.contextmanager
+def _loaded(recipe: Path, overrides: list[str], smoke: bool, dry_run: bool):  # noqa: ANN202
+    """The recipe (its smoke version with ``--smoke``, the judge stand-in up meanwhile)."""
+    if not smoke:
+        yield _load(recipe, overrides)
+        return
+    from mcmdpo.recipe import RecipeError
+    from mcmdpo.smoke import smoke_session
+
+    try:
+        with smoke_session(recipe, overrides, dry_run) as loaded:
+            yield loaded
+    except RecipeError as exc:
+        err.print(f"[red]error:[/red] {len(exc.problems)} problem(s) in the smoke recipe", highlight=False)
+        for problem in exc.problems:
+            err.print(str(problem), markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _print_dry_run(report, loaded, as_json: bool) -> None:  # noqa: ANN001
+    from mcmdpo.cost import estimate_cost, with_cost
+
+    estimate = estimate_cost(report.plan, loaded.profile)
+    if as_json:
+        sys.stdout.write(json.dumps(with_cost(report.plan.to_json(), estimate), indent=2) + "\n")
+        return
+    out.print(_plan_table(report, estimate.stages))
+    total = "unknown" if estimate.total is None else f"{estimate.total:,.1f}"
+    out.print(f"GPU-hours: {total} ({estimate.calibration})", highlight=False, markup=False)
+    for note in estimate.notes:
+        out.print(f"  {note}", highlight=False, markup=False)
+    out.print(f"dry run: nothing submitted; run dir would be {report.plan.run_dir}")
+
+
+def _plan_table(report, gpu_hours: dict | None = None) -> Table:  # noqa: ANN001
     table = Table(title=f"plan: {report.plan.run_name}")
-    for col in ("stage", "tasks", "done", "to run", "resources", "after"):
+    for col in ("stage", "tasks", "done", "to run", "resources", "after", *(["GPU-h"] if gpu_hours else [])):
         table.add_column(col)
     for stage, rep in zip(report.plan.stages, report.stages, strict=False):
         r = stage.resources
@@ -198,10 +237,21 @@ def _plan_table(report) -> Table:  # noqa: ANN001
         res += f"{r['mem_gb']:g}G, {r['timeout_min']:g} min"
         inst = f" ({len(stage.instances)} variants)" if len(stage.instances) > 1 else ""
         todo = rep.total - rep.done
+        hours = [] if not gpu_hours else [_hours(gpu_hours.get(stage.name))]
         table.add_row(
-            stage.name, f"{rep.total}{inst}", str(rep.done), str(todo), res, ", ".join(stage.after) or "-"
+            stage.name,
+            f"{rep.total}{inst}",
+            str(rep.done),
+            str(todo),
+            res,
+            ", ".join(stage.after) or "-",
+            *hours,
         )
     return table
+
+
+def _hours(value: float | None) -> str:
+    return "?" if value is None else f"{value:,.1f}"
 
 
 def _status_table(result: dict) -> Table:

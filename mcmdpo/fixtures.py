@@ -209,11 +209,12 @@ def amber_files(folder: Path, n: int) -> dict[str, Path]:
 class FixedJudge:
     """A chat-completions endpoint on 127.0.0.1 that answers every request with :data:`JUDGE_REPLY`.
 
-    ``with FixedJudge() as judge: ... judge.url`` (``http://127.0.0.1:<port>/v1``); served model id
-    :data:`JUDGE_MODEL`. Runs on a daemon thread of the process that starts it.
+    ``with FixedJudge() as judge: ... judge.url`` (``http://127.0.0.1:<port>/v1``; ``port = 0``: any
+    free port); served model id :data:`JUDGE_MODEL`. Runs on a daemon thread of the process that
+    starts it.
     """
 
-    def __init__(self, reply: str = JUDGE_REPLY) -> None:
+    def __init__(self, reply: str = JUDGE_REPLY, port: int = 0) -> None:
         body = json.dumps(_completion(reply)).encode()
         self.requests = 0
         judge = self
@@ -231,9 +232,10 @@ class FixedJudge:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.port = int(self.httpd.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}/v1"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def __enter__(self) -> FixedJudge:

@@ -34,6 +34,11 @@ class RunSpec(Section):
     )
     seed: int = Field(0, ge=0, description="base seed; every stage derives its own from it")
     plugins: tuple[str, ...] = Field((), description="importable modules that register extra stages")
+    expected_records: dict[str, int] = Field(
+        default_factory=dict,
+        description="record counts by file name (e.g. pinterest_train.json = 8212) for the --dry-run "
+        "GPU-hour estimate when a data file cannot be counted at planning time",
+    )
 
 
 class ResourceSpec(Section):
