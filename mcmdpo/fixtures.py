@@ -206,16 +206,34 @@ def amber_files(folder: Path, n: int) -> dict[str, Path]:
 # ---------------------------------------------------------------- a judge stand-in
 
 
-class FixedJudge:
-    """A chat-completions endpoint on 127.0.0.1 that answers every request with :data:`JUDGE_REPLY`.
+class LocalServer:
+    """A threading HTTP server on 127.0.0.1 (``port = 0``: any free port) serving ``handler`` on a
+    daemon thread; ``with`` starts and stops it. ``url`` is its ``/v1`` base URL."""
 
-    ``with FixedJudge() as judge: ... judge.url`` (``http://127.0.0.1:<port>/v1``; ``port = 0``: any
-    free port); served model id :data:`JUDGE_MODEL`. Runs on a daemon thread of the process that
-    starts it.
+    def __init__(self, handler: type[BaseHTTPRequestHandler], port: int = 0) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd.daemon_threads = True
+        self.port = int(self.httpd.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> Any:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class FixedJudge(LocalServer):
+    """A chat-completions endpoint that answers every request with :data:`JUDGE_REPLY`.
+
+    ``with FixedJudge() as judge: ... judge.url``; served model id :data:`JUDGE_MODEL`.
     """
 
     def __init__(self, reply: str = JUDGE_REPLY, port: int = 0) -> None:
-        body = json.dumps(_completion(reply)).encode()
+        body = json.dumps(completion(reply)).encode()
         self.requests = 0
         judge = self
 
@@ -232,28 +250,17 @@ class FixedJudge:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
-        self.port = int(self.httpd.server_address[1])
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> FixedJudge:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler, port)
 
 
-def _completion(content: str) -> dict[str, Any]:
+def completion(content: str, model: str = JUDGE_MODEL) -> dict[str, Any]:
+    """An OpenAI chat-completions reply body with ``content`` from ``model``."""
     return {
-        "id": "smoke",
+        "id": "x",
         "object": "chat.completion",
-        "model": JUDGE_MODEL,
+        "model": model,
         "choices": [
             {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
         ],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     }

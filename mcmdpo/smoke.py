@@ -79,9 +79,12 @@ def smoke_names(doc: Mapping[str, Any]) -> tuple[str, Path]:
 def smoke_session(path: Path | str, overrides: Sequence[str] = (), dry_run: bool = False) -> Iterator[Any]:
     """Load the smoke version of the recipe at ``path``; keep the judge stand-in up meanwhile."""
     from mcmdpo.recipe import load_recipe
-    from mcmdpo.recipe.toml import load_toml
+    from mcmdpo.recipe.toml import load_toml, parse_override, set_dotted
 
-    name, run_dir = smoke_names(load_toml(Path(path))[0])
+    doc = load_toml(Path(path))[0]
+    for text in overrides:  # run.name / run.output_root may be overridden
+        set_dotted(doc, *parse_override(text), f"--set {text}")
+    name, run_dir = smoke_names(doc)
     port = judge_port(name)
     with contextlib.ExitStack() as stack:
         if not dry_run:

@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from mcmdpo.data.hdf5 import encode_attr
+from mcmdpo.data.hdf5 import write_attrs
 from mcmdpo.data.records import BadRecord, UnsafePath, resolve_image
 from mcmdpo.data.sft_records import SftRecord, load_sft_records
-from mcmdpo.data.shards import PreferenceShards, ShardReader, shard_range
+from mcmdpo.data.shards import PreferenceShards, ShardReader, ShardWriter, shard_range
 
 FORMAT = "mcmdpo-sft-shard/1"
 TEXT_COLUMNS = ("ids", "sources", "conversations", "image_paths")
@@ -84,8 +84,7 @@ class SftShardWriter:
         self._columns: dict[str, list[str]] = {k: [] for k in TEXT_COLUMNS}
         self._sizes: list[tuple[int, int]] = []
         self._offsets = [0]
-        for key, value in (attrs or {}).items():
-            self._file.attrs[key] = encode_attr(value)
+        write_attrs(self._file, attrs or {})
 
     def add(self, sample: SftSample) -> None:
         data = np.frombuffer(sample.image_bytes, dtype=np.uint8)
@@ -109,15 +108,11 @@ class SftShardWriter:
             f.create_dataset(key, data=np.array(values, dtype=object), dtype=text)
         f.create_dataset("image_sizes", data=np.array(self._sizes, dtype=np.int32).reshape(n, 2))
         f.create_dataset("image_offsets", data=np.array(self._offsets, dtype=np.int64))
-        f.attrs["format"], f.attrs["num_samples"] = FORMAT, n
-        for key, value in (attrs or {}).items():
-            f.attrs[key] = encode_attr(value)
+        write_attrs(f, {"format": FORMAT, "num_samples": n, **(attrs or {})})
         f.close()
         return n
 
-    def abort(self) -> None:
-        if self._file.id.valid:
-            self._file.close()
+    abort = ShardWriter.abort
 
 
 # ---------------------------------------------------------------- reading
