@@ -151,3 +151,18 @@ def test_smoke_run_finishes_with_its_table(name, row, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert row in run.stdout
     assert (tmp_path / f"paper-{name}-smoke" / "smoke-inputs").is_dir()
+
+
+def test_rows_of_a_data_and_kind_sweep_name_both(tmp_path):
+    from mcmdpo.report.collect import MetricsFile
+    from mcmdpo.report.labels import row_label
+
+    point = {
+        "data": {"source": "files", "train_file": "/d/twitter/twitter_train.json"},
+        "preference.loss.kind": "dpo",
+    }
+    doc = {"model": "preference", "model_stage": "preference", "model_spec": {"loss": {"kind": "dpo"}}}
+    row = MetricsFile("r", tmp_path, "t", tmp_path / "m.json", doc, point, "g", 0)
+    assert row_label(row, {}) == "+DPO (TAlt)"
+    gamma = MetricsFile("r", tmp_path, "t", tmp_path / "m.json", doc, {"preference.loss.gamma": 0.4}, "g", 0)
+    assert row_label(gamma, {}) == "gamma = 0.4"  # the kind is not swept: the point alone, as before
