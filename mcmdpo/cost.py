@@ -15,7 +15,7 @@ Per task: ``sft``: samples x epochs x (a + 2b) x sft_share; ``preference``: samp
 reference make this project's steps cheaper than the authors' (``bench/logprobs.py``: 0.25 of the
 FLOPs for MCM-DPO), so the estimates are upper bounds until measured throughput (``bench/gpu_suite.py``
 on the cluster's GPUs) replaces the table. Record counts: demo sizes, files counted when they are
-readable, else ``[run] expected_records`` by file name, else the benchmarks' published sizes.
+readable (``[run] expected_records`` by file name first), the benchmarks' published sizes.
 """
 
 from __future__ import annotations
@@ -92,17 +92,18 @@ def estimate_cost(plan: Any, profile: Mapping[str, Any]) -> CostEstimate:
 
 
 def file_records(name: Any, doc: Mapping[str, Any]) -> int:
-    """Records of a data file: counted when readable, else ``[run] expected_records[basename]``."""
+    """Records of a data file: ``[run] expected_records[basename]`` when listed (counting a 100K-record
+    file at every dry run costs seconds), else counted when the file is readable."""
     from mcmdpo.data.records import count_records
 
     if not name:
         raise _Unknown("no file")
     path = Path(str(name))
-    if path.is_file():
-        return count_records(path)
     expected = (doc.get("run") or {}).get("expected_records") or {}
     if path.name in expected:
         return int(expected[path.name])
+    if path.is_file():
+        return count_records(path)
     raise _Unknown(f"{path.name} is not readable here and not in [run] expected_records")
 
 

@@ -21,13 +21,15 @@ key or a benchmark without files fails the same way; only what is too big or too
 
 Whole sections swept in ``[sweep]`` (``data = [{...}, {...}]``) are rewritten point by point; sweeps over
 single path fields are not. ``[curate]`` is left as written (it needs a real LLM endpoint). Stand-in
-files are written under ``<run dir>/smoke-inputs/`` (nothing is written with ``--dry-run``).
+files are written under ``<run dir>/smoke-inputs/`` (with ``--dry-run``: into a temporary folder,
+removed after planning, because validation checks that data files exist).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,23 +45,14 @@ TRAINING = ("sft", "preference")
 
 @dataclass
 class SmokeInputs:
-    """Where stand-in files go, whether to write them, and the judge stand-in's URL."""
+    """Where stand-in files go and the judge stand-in's URL."""
 
     root: Path
-    write: bool
     judge_url: str
 
     def make(self, name: str, maker: Callable[[Path], Mapping[str, Any]]) -> dict[str, str]:
-        """``maker(folder)`` run in ``root/name`` (when writing); its paths as strings."""
-        folder = self.root / name
-        paths = maker(folder) if self.write else _placeholder(maker, folder)
-        return {k: str(v) for k, v in paths.items()}
-
-
-def _placeholder(maker: Callable[[Path], Mapping[str, Any]], folder: Path) -> dict[str, Path]:
-    """A dry run writes nothing; the plan only needs the paths' places."""
-    return {"file": folder / "file", "images": folder / "images", "coco_dir": folder / "coco",
-            "synonyms": folder / "synonyms.txt", "data_dir": folder / "data"}  # fmt: skip
+        """``maker(folder)`` run in ``root/name``; its paths as strings."""
+        return {k: str(v) for k, v in maker(self.root / name).items()}
 
 
 def judge_port(name: str) -> int:
@@ -87,10 +80,12 @@ def smoke_session(path: Path | str, overrides: Sequence[str] = (), dry_run: bool
     name, run_dir = smoke_names(doc)
     port = judge_port(name)
     with contextlib.ExitStack() as stack:
-        if not dry_run:
-            judge = stack.enter_context(_start_judge(port))
-            port = judge.port
-        inputs = SmokeInputs(run_dir / "smoke-inputs", not dry_run, f"http://127.0.0.1:{port}/v1")
+        root = run_dir / "smoke-inputs"
+        if dry_run:  # validation needs the files; they go away with the dry run
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mcmdpo-smoke-")))
+        else:
+            port = stack.enter_context(_start_judge(port)).port
+        inputs = SmokeInputs(root, f"http://127.0.0.1:{port}/v1")
         yield load_recipe(path, overrides, transform=smoke_transform(inputs))
 
 
@@ -150,9 +145,7 @@ def _records_file(file: Any, images: Any, inputs: SmokeInputs, tag: str, n: int,
     """(file, images) of the first ``n`` records of a real file, or of a generated stand-in."""
     real, root = _readable(file), _readable(images) if images else None
     if real is not None and real.is_file() and (root is not None or not images):
-        out = inputs.root / tag / f"head{real.suffix}"
-        if inputs.write:
-            fixtures.head_file(real, n, out)
+        out = fixtures.head_file(real, n, inputs.root / tag / f"head{real.suffix}")
         return str(out), str(root) if root else None
     made = inputs.make(tag, make)
     return made["file"], made.get("images")

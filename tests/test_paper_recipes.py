@@ -41,11 +41,25 @@ EXPECTED = {
 }  # fmt: skip
 
 
+DATA_FILES = [
+    f"{ds}/{ds}_{split}.json" for ds in ("pinterest", "twitter") for split in ("train", "test", "sft")
+]
+IMAGE_DIRS = [
+    f"{ds}/image/{ds}_{split}" for ds in ("pinterest", "twitter") for split in ("train", "test", "sft")
+]
+
+
 @pytest.fixture
 def paper_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The variables the recipes read; a model folder with config.json (checked at validation)."""
+    """The variables the recipes read; the files and folders validation may check (placeholders: the
+    record counts come from [run] expected_records), a model folder with config.json."""
     (tmp_path / "models" / "llava-v1.6-vicuna-7b-hf").mkdir(parents=True)
     (tmp_path / "models" / "llava-v1.6-vicuna-7b-hf" / "config.json").write_text("{}")
+    for name in IMAGE_DIRS:
+        (tmp_path / "data" / name).mkdir(parents=True)
+    for name in [*DATA_FILES, "rlhf-v/RLHF-V-Dataset.parquet"]:
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / name).write_text("[]")
     monkeypatch.setenv("MCMDPO_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("MCMDPO_MODELS", str(tmp_path / "models"))
     monkeypatch.setenv("MCMDPO_JUDGE_URL", "http://judge.invalid/v1")
@@ -126,17 +140,33 @@ def test_a_missing_variable_is_a_line_error(paper_env, monkeypatch):
     )
 
 
-def test_smoke_plans_have_the_structure_of_the_real_plans(paper_env, monkeypatch):
+def test_smoke_plans_have_the_structure_of_the_real_plans(tmp_path, monkeypatch):
+    for name in ("MCMDPO_DATA", "MCMDPO_MODELS", "MCMDPO_JUDGE_URL", "MCMDPO_JUDGE_MODEL"):
+        monkeypatch.delenv(name, raising=False)  # a laptop without the data: stand-ins everywhere
     for name, expected in EXPECTED.items():
-        with smoke_session(PAPER / f"{name}.toml", [f"run.output_root={paper_env}"], dry_run=True) as smoke:
+        with smoke_session(PAPER / f"{name}.toml", [f"run.output_root={tmp_path}"], dry_run=True) as smoke:
             plan = build_plan(smoke)
         assert structure(plan) == expected, name
         assert plan.run_name == f"paper-{name}-smoke" and plan.executor == "local"
         assert smoke.doc["model"]["source"] == "tiny" and smoke.cluster.profile == "local"
-    monkeypatch.delenv("MCMDPO_DATA")  # a laptop without the data: the smoke plan still builds
-    monkeypatch.delenv("MCMDPO_MODELS")
-    with smoke_session(PAPER / "table2.toml", [f"run.output_root={paper_env}"], dry_run=True) as smoke:
-        assert structure(build_plan(smoke)) == EXPECTED["table2"]
+    assert not (tmp_path / "paper-table8-smoke").exists()  # a dry run leaves nothing behind
+
+
+def test_smoke_takes_the_first_records_of_real_files(tmp_path, monkeypatch):
+    from mcmdpo import fixtures
+
+    data = tmp_path / "data"
+    made = fixtures.preference_files(data / "pinterest", 12)
+    made["file"].rename(data / "pinterest" / "pinterest_train.json")
+    (data / "pinterest" / "image").mkdir()
+    made["images"].rename(data / "pinterest" / "image" / "pinterest_train")
+    monkeypatch.setenv("MCMDPO_DATA", str(data))
+    with smoke_session(PAPER / "table8.toml", [f"run.output_root={tmp_path}"]) as smoke:
+        train = Path(smoke.doc["data"]["train_file"])
+        assert train.parent.parent == tmp_path / "paper-table8-smoke" / "smoke-inputs"
+        assert len(json.loads(train.read_text())) == 8
+        assert smoke.doc["data"]["train_images"] == str(data / "pinterest" / "image" / "pinterest_train")
+        assert "smoke-inputs" in smoke.doc["sft"]["files"][0]["file"]  # no SFT file there: a stand-in
 
 
 @pytest.mark.slow
