@@ -1,5 +1,5 @@
 # The README's two commands are `make demo` and `make test`; each sets up .venv first.
-.PHONY: setup demo test test-fast lint bench bench-gpu slurm-up slurm-down
+.PHONY: setup demo test test-fast lint bench bench-gpu smoke-paper slurm-up slurm-down
 
 # bench-gpu runs where the GPU is: that node's python unless this checkout has a .venv
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
@@ -28,6 +28,10 @@ bench: setup
 # The GPU suite (bench/gpu_suite.py, CUDA only; `ARGS=--cpu-smoke` runs it at tiny shapes on CPU).
 bench-gpu:
 	$(PYTHON) bench/gpu_suite.py $(ARGS)
+
+# Every paper recipe on stand-ins (tiny model, CPU, local executor) into runs/<name>-smoke: the wiring check.
+smoke-paper: setup
+	for r in recipes/paper/*.toml; do NLTK_DATA=$(CURDIR)/.venv/nltk_data DS_ACCELERATOR=cpu .venv/bin/mcmdpo submit $$r --smoke || exit 1; done
 
 slurm-up:
 	slurm/dev-cluster/start.sh

@@ -7,7 +7,10 @@ contexts of 100 tokens, answers of 20 tokens):
     8 reference sequences forward;
 (b) upstream DPO step: the same with 2 + 2 sequences;
 (c) ours: shared policy forward+backward + shared reference forward / 3 (the reference log-probs
-    are computed once offline and reused for the 3 preference epochs).
+    are computed once offline and reused for the 3 preference epochs);
+(d) the hallucination variant (paper appendix A: no context, RPO + VPO + VRPO): 4 conditions
+    (``mw_cw_yw, mw_cw_yl, ml_cw_yw, ml_cw_yl``), upstream-style (naive, 4 + 4 sequences) and ours
+    (one shared tree row of prefix, 2 images, 1 context, 4 answers).
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on the *meta* device with the real
 LLaVA-1.6-Vicuna-7B widths (CLIP ViT-L/14-336 + Llama-7B): nothing is computed, so the count is free,
@@ -51,6 +54,7 @@ PREFIX, IMAGE_SIDE, PATCH, CONTEXT, ANSWER = 35, 336, 14, 100, 20
 IMAGE_TOKENS = (IMAGE_SIDE // PATCH) ** 2
 PREFERENCE_EPOCHS = 3
 DPO_CONDITIONS = ("mw_cw_yw", "mw_cw_yl")
+HALLUCINATION_CONDITIONS = ("mw_cw_yw", "mw_cw_yl", "ml_cw_yw", "ml_cw_yl")
 TEXTS = ["Given an image and context, generate alt-text for the image.\nContext:\n", "A photo of a dog."]
 
 
@@ -149,6 +153,8 @@ STEPS = {  # name -> (engine, conditions, reference weight)
     "upstream_mcmdpo": ("naive", CONDITIONS, 1.0),
     "upstream_dpo": ("naive", DPO_CONDITIONS, 1.0),
     "ours": ("shared", CONDITIONS, 1.0 / PREFERENCE_EPOCHS),
+    "upstream_hallucination": ("naive", HALLUCINATION_CONDITIONS, 1.0),
+    "ours_hallucination": ("shared", HALLUCINATION_CONDITIONS, 1.0 / PREFERENCE_EPOCHS),
 }
 
 
@@ -241,10 +247,13 @@ def small_model(folder: Path) -> PreTrainedModel:
 
 
 def ratios(values: dict[str, float]) -> dict[str, float]:
-    """ours / upstream MCM-DPO and ours / upstream DPO."""
+    """ours / upstream MCM-DPO and ours / upstream DPO; the hallucination variant vs its upstream
+    form and vs the full eight-condition step."""
     return {
         "vs_upstream_mcmdpo": values["ours"] / values["upstream_mcmdpo"],
         "vs_upstream_dpo": values["ours"] / values["upstream_dpo"],
+        "hallucination_vs_upstream": values["ours_hallucination"] / values["upstream_hallucination"],
+        "hallucination_vs_ours": values["ours_hallucination"] / values["ours"],
     }
 
 
@@ -287,6 +296,8 @@ def report(big: dict, small: dict, wall: dict, diff: float) -> dict[str, float]:
     ):
         mcmdpo, dpo = r["vs_upstream_mcmdpo"], r["vs_upstream_dpo"]
         print(f"{label:>20}: ours/upstream MCM-DPO {mcmdpo:.3f}   ours/upstream DPO {dpo:.3f}")
+        hal, full = r["hallucination_vs_upstream"], r["hallucination_vs_ours"]
+        print(f"{'':>20}  hallucination (4 conditions): vs its upstream {hal:.3f}   vs ours (8) {full:.3f}")
     print(f"max |naive - shared| log-prob (fp32, hidden 64): {diff:.3g}")
     return {
         "flops_ratio_vs_upstream_mcmdpo": round(r_big["vs_upstream_mcmdpo"], 4),
@@ -299,6 +310,10 @@ def report(big: dict, small: dict, wall: dict, diff: float) -> dict[str, float]:
         "small_width_flops_ratio_vs_upstream_dpo": round(r_small["vs_upstream_dpo"], 4),
         "cpu_wall_ratio_vs_upstream_mcmdpo": round(r_wall["vs_upstream_mcmdpo"], 4),
         "cpu_wall_ratio_vs_upstream_dpo": round(r_wall["vs_upstream_dpo"], 4),
+        "flops_per_sample_ours_hallucination": big["ours_hallucination"],
+        "flops_per_sample_upstream_hallucination": big["upstream_hallucination"],
+        "hallucination_flops_ratio_vs_upstream": round(r_big["hallucination_vs_upstream"], 4),
+        "hallucination_flops_ratio_vs_ours": round(r_big["hallucination_vs_ours"], 4),
     }
 
 

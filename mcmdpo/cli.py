@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -71,41 +73,41 @@ def submit(
         str, typer.Option(help="STAGE[,STAGE]: run these stages (and what reads them) again")
     ] = "",
     wait: Annotated[bool, typer.Option("--wait", help="wait for a running submission of this run")] = False,
+    smoke: Annotated[
+        bool, typer.Option("--smoke", help="the same DAG on stand-ins (tiny model, CPU, local): <run>-smoke")
+    ] = False,
 ) -> None:
     """Plan the recipe and submit every task that is not done yet (re-run it any time to resume)."""
     from mcmdpo import display
     from mcmdpo.launch import submit as submit_plan
 
-    loaded = _load(recipe, set_ or [])
     if as_json and not dry_run:
         raise typer.BadParameter("--json needs --dry-run")
-    if dry_run:
-        report = submit_plan(loaded, dry_run=True)
-        if as_json:
-            sys.stdout.write(json.dumps(report.plan.to_json(), indent=2) + "\n")
+    with _loaded(recipe, set_ or [], smoke, dry_run) as loaded:
+        if dry_run:
+            _print_dry_run(submit_plan(loaded, dry_run=True), loaded, as_json)
             return
-        out.print(display.plan_table(report))
-        out.print(Text(f"dry run: nothing submitted; run dir would be {report.plan.run_dir}"))
-        return
-    out.print(display.plan_table(submit_plan(loaded, dry_run=True)))
-    observer = display.LiveObserver(err) if err.is_terminal else display.LineObserver(err)
-    try:
-        report = submit_plan(loaded, observer=observer, rerun=_stages(rerun), wait=wait, overrides=set_ or [])
-    except KeyboardInterrupt:
-        if OPTIONS["debug"]:
-            raise
-        err.print("interrupted; re-submit to resume (finished tasks are kept)", markup=False)
-        raise typer.Exit(130) from None
-    finally:
-        getattr(observer, "close", lambda: None)()
-    _finish(report)
+        out.print(display.plan_table(submit_plan(loaded, dry_run=True)))
+        observer = display.LiveObserver(err) if err.is_terminal else display.LineObserver(err)
+        try:
+            report = submit_plan(
+                loaded, observer=observer, rerun=_stages(rerun), wait=wait, overrides=set_ or []
+            )
+        except KeyboardInterrupt:
+            if OPTIONS["debug"]:
+                raise
+            err.print("interrupted; re-submit to resume (finished tasks are kept)", markup=False)
+            raise typer.Exit(130) from None
+        finally:
+            getattr(observer, "close", lambda: None)()
+    _finish(report, smoke)
 
 
 def _stages(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
-def _finish(report) -> None:  # noqa: ANN001 - SubmitReport, imported lazily
+def _finish(report, smoke: bool = False) -> None:  # noqa: ANN001 - SubmitReport, imported lazily
     """The real counts, the results table (when scores exist), and the exit code."""
     from mcmdpo import display
     from mcmdpo.status import run_status
@@ -117,6 +119,10 @@ def _finish(report) -> None:  # noqa: ANN001 - SubmitReport, imported lazily
     table = _results(report.plan.run_dir)
     if table is not None:
         out.print(table)
+    if smoke and report.ok:
+        from mcmdpo.smoke import report_markdown
+
+        sys.stdout.write(report_markdown(report.plan) or "(no [report] stage in this recipe)\n")
     out.print(Text(f"run dir: {report.plan.run_dir}   (mcmdpo status {report.plan.run_dir})"))
     if not report.ok:
         err.print(Text(f"not finished: {report.blocked_by or 'failed tasks'}", style="red"))
@@ -318,6 +324,39 @@ def assets_check(
     sys.stdout.write(format_assets(statuses) + "\n")
     if any(s.missing for s in statuses):
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _loaded(recipe: Path, overrides: list[str], smoke: bool, dry_run: bool):  # noqa: ANN202
+    """The recipe (its smoke version with ``--smoke``, the judge stand-in up meanwhile)."""
+    if not smoke:
+        yield _load(recipe, overrides)
+        return
+    from mcmdpo.recipe import RecipeError
+    from mcmdpo.smoke import smoke_session
+
+    try:
+        with smoke_session(recipe, overrides, dry_run) as loaded:
+            yield loaded
+    except RecipeError as exc:  # say that it is the smoke version that is wrong
+        raise RecipeError([replace(p, message=f"(smoke recipe) {p.message}") for p in exc.problems]) from None
+
+
+def _print_dry_run(report, loaded, as_json: bool) -> None:  # noqa: ANN001
+    from mcmdpo.cost import estimate_cost, with_cost
+
+    estimate = estimate_cost(report.plan, loaded.profile)
+    if as_json:
+        sys.stdout.write(json.dumps(with_cost(report.plan.to_json(), estimate), indent=2) + "\n")
+        return
+    from mcmdpo import display
+
+    out.print(display.plan_table(report, estimate.stages))
+    total = "unknown" if estimate.total is None else f"{estimate.total:,.1f}"
+    out.print(Text(f"GPU-hours: {total} ({estimate.calibration})"))
+    for note in estimate.notes:
+        out.print(Text(f"  {note}"))
+    out.print(Text(f"dry run: nothing submitted; run dir would be {report.plan.run_dir}"))
 
 
 def main() -> None:

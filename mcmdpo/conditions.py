@@ -37,8 +37,12 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "pair": ("vrpo", "crpo", "vcpo"),
     "multi": ("mtppo",),
     "pair+cpo": ("vrpo", "crpo", "vcpo", "cpo"),
+    "context": ("cpo", "crpo", "vcpo", "mtppo"),
 }
-"""Paper Table 7 ablation groups; single term names are accepted in ``drop`` as well."""
+"""Paper Table 7 ablation groups; single term names are accepted in ``drop`` as well. ``context``
+drops every term whose rejected triple has the rejected context c_l: what is left (RPO, VPO, VRPO)
+is the hallucination variant of paper appendix A (RLHF-V data has no context), which needs only the
+four conditions ``mw_cw_yw, mw_cw_yl, ml_cw_yw, ml_cw_yl``."""
 
 
 def ablation_key(name: str) -> str:

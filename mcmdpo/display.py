@@ -33,11 +33,11 @@ def _row(*cells: Any) -> list[Text]:
     return [c if isinstance(c, Text) else Text(str(c)) for c in cells]
 
 
-def plan_table(report: SubmitReport) -> Table:
-    """Stages with their task counts, what is done, what runs, resources and dependencies."""
-    table = _table(
-        f"plan: {report.plan.run_name}", ("stage", "tasks", "done", "to run", "resources", "after")
-    )
+def plan_table(report: SubmitReport, gpu_hours: dict[str, float | None] | None = None) -> Table:
+    """Stages with their task counts, what is done, what runs, resources, dependencies (and the
+    estimated GPU-hours of a dry run)."""
+    columns = ("stage", "tasks", "done", "to run", "resources", "after", *(["GPU-h"] if gpu_hours else []))
+    table = _table(f"plan: {report.plan.run_name}", columns)
     for stage, rep in zip(report.plan.stages, report.stages, strict=False):
         r = stage.resources
         res = (
@@ -45,11 +45,21 @@ def plan_table(report: SubmitReport) -> Table:
         )
         res += f"{r['mem_gb']:g}G, {r['timeout_min']:g} min"
         inst = f" ({len(stage.instances)} variants)" if len(stage.instances) > 1 else ""
-        todo = rep.total - rep.done
-        table.add_row(
-            *_row(stage.name, f"{rep.total}{inst}", rep.done, todo, res, ", ".join(stage.after) or "-")
+        hours = [] if not gpu_hours else [_hours(gpu_hours.get(stage.name))]
+        cells = (
+            stage.name,
+            f"{rep.total}{inst}",
+            rep.done,
+            rep.total - rep.done,
+            res,
+            ", ".join(stage.after) or "-",
         )
+        table.add_row(*_row(*cells, *hours))
     return table
+
+
+def _hours(value: float | None) -> str:
+    return "?" if value is None else f"{value:,.1f}"
 
 
 def format_notes(summary: dict[str, Any], limit: int = 90) -> str:

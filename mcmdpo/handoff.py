@@ -10,7 +10,8 @@ consumer needs:
 - data: :func:`split_source` (a split of the ``data`` manifest with absolute paths),
   :func:`planned_records` (record counts at planning time), :func:`precompute_shard_params`;
 - shards: :func:`shard_input` (this task's precompute ``.h5``), :func:`check_geometry`;
-- curation: the file names :data:`CURATE_DEDUPE`, :data:`CURATED`, :data:`CURATE_REPORT`;
+- curation: the file names :data:`CURATE_DEDUPE`, :data:`CURATED`, :data:`CURATE_REPORT`,
+  :func:`curated_files` (the outputs of ``curate_split``), :func:`sft_sources` (the SFT files);
 - evaluation: :data:`MODEL_STAGES`, :func:`eval_models`, :func:`benchmark_source`,
   :func:`eval_shards` and the file names :data:`PREDICTIONS`, :data:`GENERATION`.
 
@@ -176,6 +177,35 @@ def precompute_shard_params(
             )
         n = max(1, math.ceil(count / per_shard))
     return [{"shard": k, "num_shards": n} for k in range(n)]
+
+
+def curated_files(task: TaskInput) -> dict[str, Path]:
+    """The data files of a finished ``curate_split`` task: ``sft``, ``preference``, ``test``, ``images``."""
+    from mcmdpo.curate.outputs import IMAGES, PREFERENCE, SFT, TEST
+
+    names = {"sft": SFT, "preference": PREFERENCE, "test": TEST, "images": IMAGES}
+    return {key: Path(task.dir) / name for key, name in names.items()}
+
+
+def sft_sources(ctx: TaskContext, sft: Mapping[str, Any]) -> list[Any]:
+    """The SFT sources of the ``[sft]`` section: its ``files``, or the curation's ``sft.json``."""
+    from mcmdpo.data.sft_shards import SftSource
+
+    if sft.get("data") == "curate":
+        tasks = ctx.inputs.get("curate_split")
+        if not tasks:
+            raise ConfigError("sft.data = 'curate' needs the [curate] stages in the recipe", field="sft.data")
+        files = curated_files(tasks[0])
+        return [SftSource("curated", files["sft"], files["images"])]
+    return [
+        SftSource(
+            f.get("name") or Path(f["file"]).stem,
+            Path(f["file"]).absolute(),
+            Path(f["images"]).absolute() if f.get("images") else None,
+            f.get("limit"),
+        )
+        for f in sft.get("files", [])
+    ]
 
 
 # ---------------------------------------------------------------- shards

@@ -39,7 +39,7 @@ from pydantic import Field
 
 from mcmdpo.artifacts import canonical_json, content_hash
 from mcmdpo.errors import McmdpoError
-from mcmdpo.spec import Spec
+from mcmdpo.spec import EnvStr, Spec
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,12 @@ T = TypeVar("T")
 class LLMSpec(Spec):
     """An OpenAI-compatible chat-completions endpoint and how to call it (e.g. ``[curate.llm]``)."""
 
-    base_url: str = Field(
+    base_url: EnvStr = Field(
         "https://api.openai.com/v1",
         description="endpoint base URL ending in /v1 (vLLM: http://HOST:8000/v1; Gemini: "
         "https://generativelanguage.googleapis.com/v1beta/openai)",
     )
-    model: str = Field(description="model name sent with each request (the cache is keyed by it)")
+    model: EnvStr = Field(description="model name sent with each request (the cache is keyed by it)")
     api_key_env: str = Field(
         "OPENAI_API_KEY",
         description="environment variable holding the API key ('' = endpoint without auth); the key "
@@ -70,7 +70,7 @@ class LLMSpec(Spec):
     max_retries: int = Field(6, ge=0, description="retries of 429/5xx/timeouts (exponential backoff)")
     backoff_s: float = Field(2.0, gt=0, description="first retry delay; doubles each retry (with jitter)")
     timeout_s: float = Field(120.0, gt=0, description="per-request timeout in seconds")
-    cache_dir: str | None = Field(
+    cache_dir: EnvStr | None = Field(
         None, description="reply cache folder (default: <run_dir>/llm-cache, shared by all stages)"
     )
 

@@ -149,7 +149,7 @@ def build_plan(recipe: Recipe) -> Plan:
             name=n,
             kind=registry[n].kind,
             checkpointable=registry[n].checkpointable,
-            after=[d for d in registry[n].after if d in recipe.stages],
+            after=_after(registry[n], variants),
             resources=_resources(recipe, n, registry[n].kind),
         )
         for n in names
@@ -159,7 +159,8 @@ def build_plan(recipe: Recipe) -> Plan:
         for name in names:
             if registry[name].gather:
                 continue
-            upstream = {d: chosen[d] for d in stages[name].after}
+            used = registry[name].used(variant.stages[name], variant.doc)
+            upstream = {d: chosen[d] for d in used if d in chosen}
             inst = _instance(registry[name], variant, upstream, stages[name])
             known = next((i for i in stages[name].instances if i.instance_id == inst.instance_id), None)
             if known is None:
@@ -178,6 +179,12 @@ def build_plan(recipe: Recipe) -> Plan:
         executor=recipe.cluster.executor,
         stages=[stages[n] for n in names],
     )
+
+
+def _after(stage: Stage, variants: Sequence[Recipe]) -> list[str]:
+    """The stages this one runs after in some sweep point: present and read (``Stage.uses``)."""
+    used = {d for v in variants for d in stage.used(v.stages[stage.name], v.doc) if d in v.stages}
+    return [d for d in stage.after if d in used]
 
 
 def _instance(

@@ -121,3 +121,63 @@ class SampleSource:
             context_ids=t.context_w,
             answer_ids=t.answer_w,
         )
+
+
+class ConversationSource:
+    """SFT shards (encoded images + conversations) as model inputs, by global index.
+
+    The interface :class:`mcmdpo.train.objectives.SftObjective` reads (``sft_pieces``, ``image``,
+    ``sample_id``, ``mode``), like :class:`SampleSource`; images are decoded and preprocessed on every
+    read, with the precompute stage's preprocessing (:class:`mcmdpo.data.images.ImagePreprocessor`),
+    so the work runs where the sample is loaded: in the DataLoader workers of the trainer.
+    """
+
+    def __init__(self, shards: Any, processor: Any, mode: str, max_pixels: int = 89_478_485):
+        from mcmdpo.data.images import ImagePreprocessor
+
+        self.shards, self.processor, self.mode, self.max_pixels = shards, processor, mode, max_pixels
+        self.tokenizer = processor.tokenizer
+        self.side = crop_side(processor)
+        self.preprocess = ImagePreprocessor(processor.image_processor, mode)  # type: ignore[arg-type]
+        self._pieces: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def _reader(self, index: int) -> tuple[Any, int]:
+        shard, local = self.shards.locate(int(index))
+        return self.shards.readers[shard], local
+
+    def sample_id(self, index: int) -> str:
+        reader, local = self._reader(index)
+        return str(reader.meta["ids"][local])
+
+    def _model_size(self, index: int) -> tuple[int, int]:
+        if self.mode == "pad":
+            return (self.side, self.side)
+        reader, local = self._reader(index)
+        return tuple(int(x) for x in reader.meta["image_sizes"][local])  # type: ignore[return-value]
+
+    def image_tokens(self, index: int) -> int:
+        return num_image_tokens(self.processor, self.mode, self._model_size(index))  # type: ignore[arg-type]
+
+    def image(self, index: int, side: str = "chosen") -> tuple[torch.Tensor, tuple[int, int], int]:
+        """Decode + preprocess the sample's image: pixels ``[P, 3, S, S]`` float32, size, placeholders."""
+        from mcmdpo.data.images import load_image
+
+        reader, local = self._reader(index)
+        image, _ = load_image(reader.image(local), self.max_pixels)
+        pixels = torch.from_numpy(self.preprocess(image).values)
+        return pixels, self._model_size(index), self.image_tokens(index)
+
+    def sft_pieces(self, index: int) -> Any:
+        """The conversation's token pieces (every answer supervised), tokenised once and cached."""
+        from mcmdpo.model.template import encode_conversation
+
+        index = int(index)
+        if index not in self._pieces:
+            reader, local = self._reader(index)
+            self._pieces[index] = encode_conversation(
+                self.tokenizer, reader.turns(local), self.image_tokens(index)
+            )
+        return self._pieces[index]

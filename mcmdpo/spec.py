@@ -7,17 +7,47 @@ from :class:`Spec`, so a misspelled key anywhere reads the same ("unknown key; d
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 
 class Spec(BaseModel):
     """A frozen pydantic model that forbids unknown keys."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_vars(value: Any, environ: Mapping[str, str] | None = None) -> Any:
+    """``${VAR}`` in a string replaced by the environment variable ``VAR`` (other values unchanged).
+
+    A variable that is not set raises a pydantic error, which the recipe loader reports as
+    ``recipe.toml:LINE: section.key: environment variable VAR is not set (in '${VAR}/x')``. Only the
+    braced form is expanded (a plain ``$`` stays as written).
+    """
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    env = os.environ if environ is None else environ
+    missing = [m.group(1) for m in _VARIABLE.finditer(value) if m.group(1) not in env]
+    if missing:
+        from pydantic_core import PydanticCustomError
+
+        names = ", ".join(dict.fromkeys(missing))
+        raise PydanticCustomError(
+            "variable_missing", "environment variable {names} is not set", {"names": names}
+        )
+    return _VARIABLE.sub(lambda m: env[m.group(1)], value)
+
+
+EnvStr = Annotated[str, BeforeValidator(expand_vars)]
+"""A string field with ``${VAR}`` expansion at validation: paths, endpoints, model names."""
 
 
 def existing_path(value: str, kind: str = "file", contains: str | None = None, hint: str = "") -> str:

@@ -65,6 +65,10 @@ class Stage:
     resolve: ``resolve(spec, doc) -> spec``: fills values that depend on other sections (e.g.
              ``precompute.strategy = "auto"``) when the recipe (and every sweep point) is validated,
              so the resolved value is what the recipe, the plan and the task ids carry.
+    uses:    ``uses(spec, doc) -> stages``: the stages of ``after`` that this configuration reads
+             (default: all of them). A stage whose inputs depend on its settings declares them here
+             (``[sft] data = "files"`` reads ``sft_data``, not ``precompute``), so that sweep points
+             over stages it does not read share its instance.
     """
 
     name: str
@@ -81,6 +85,12 @@ class Stage:
     key: Callable[[Any, TaskParams, Mapping[str, Any]], Any] | None = None
     gather: bool = False
     resolve: Callable[[Any, Mapping[str, Any]], Any] | None = None
+    uses: Callable[[Any, Mapping[str, Any]], Sequence[str]] | None = None
+
+    def used(self, spec: Any, doc: Mapping[str, Any]) -> tuple[str, ...]:
+        """The stages of ``after`` read by this configuration (present in ``doc`` or not)."""
+        names = self.after if self.uses is None else tuple(self.uses(spec, doc))
+        return tuple(d for d in self.after if d in names)
 
     @property
     def task_level(self) -> bool:

@@ -11,12 +11,14 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mcmdpo import fixtures
+from mcmdpo.fixtures import LocalServer
 from mcmdpo.metrics import mmhal
 from mcmdpo.metrics.judge import JudgeClient, JudgeError, JudgeSpec
 
@@ -24,18 +26,10 @@ Reply = tuple[int, dict[str, str], Any, float]  # status, headers, JSON body (or
 
 
 def completion(content: str, model: str = "judge-2024-01-01") -> dict[str, Any]:
-    return {
-        "id": "x",
-        "object": "chat.completion",
-        "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-    }
+    return fixtures.completion(content, model)
 
 
-class JudgeServer:
+class JudgeServer(LocalServer):
     """A chat-completions server on 127.0.0.1; ``behave(body, attempt) -> Reply`` decides each answer."""
 
     def __init__(self, behave: Callable[[dict[str, Any], int], Reply]) -> None:
@@ -76,18 +70,7 @@ class JudgeServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> JudgeServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 def client(url: str, cache: Path | None, **kw: Any) -> JudgeClient:

@@ -31,6 +31,7 @@ from mcmdpo import noise
 from mcmdpo.assets import check_recipe
 from mcmdpo.benchmarks import Item
 from mcmdpo.data.records import load_records, rejected_context_position
+from mcmdpo.data.sft_records import parse_sft_record
 from mcmdpo.data.shards import PreferenceShards, ShardReader
 from mcmdpo.data.spec import PrecomputeSpec, resolve_strategy
 from mcmdpo.generate import GenerationConfig, generation_config, generator_loader, resolve_dtype
@@ -47,7 +48,7 @@ from mcmdpo.model.template import (
 from mcmdpo.plan import build_plan
 from mcmdpo.recipe import load_recipe
 from mcmdpo.stages.eval import EvalSpec
-from mcmdpo.train.batches import DataOrder, epoch_generator, sample_lengths
+from mcmdpo.train.batches import DataOrder, conversation_lengths, epoch_generator, sample_lengths
 from mcmdpo.train.spec import BatchLayout, LossSpec
 from mcmdpo.vllm_engine import VllmUnavailable
 from tests.test_assets import nltk_data  # noqa: F401 - session fixture
@@ -513,6 +514,22 @@ def test_sample_lengths_are_upstreams_modality_lengths():
     sft = [sum(len(conv["value"].split()) for conv in sample) for sample in conversations]
     assert sample_lengths(columns.__getitem__, 2, "preference") == dpo == [3, 4]
     assert sample_lengths(columns.__getitem__, 2, "sft") == sft == [7, 3]
+
+
+def test_sft_shard_lengths_are_upstreams_modality_lengths():
+    """[sft] data = "files": lengths from the sft_data shards' conversations column (image token
+    removed at parsing) equal upstream's over the original LLaVA conversation records."""
+    records = [
+        {"id": 1, "image": "a.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is  shown?"}, {"from": "gpt", "value": "A red kite."},
+            {"from": "human", "value": "Where?"}, {"from": "gpt", "value": "Over a  beach at dusk"}]},
+        {"id": 2, "image": "b.jpg", "conversations": [
+            {"from": "human", "value": "Describe.\n<image>"}, {"from": "gpt", "value": "x"}]},
+    ]  # fmt: skip
+    # llava/train/train.py:730-736 (LazySupervisedDataset.modality_lengths; every sample has an image)
+    upstream = [sum(len(conv["value"].split()) for conv in sample["conversations"]) for sample in records]
+    column = [json.dumps([list(t) for t in parse_sft_record(r, i).turns]) for i, r in enumerate(records)]
+    assert conversation_lengths(column) == upstream == [13, 3]
 
 
 # ---------------------------------------------------------------- 12. mDPO's rejected image

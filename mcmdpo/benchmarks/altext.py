@@ -13,7 +13,7 @@ from pydantic import Field
 
 from mcmdpo.benchmarks import Benchmark, Item, ScoreEnv, register_benchmark
 from mcmdpo.errors import InputError, record_ref
-from mcmdpo.spec import Spec
+from mcmdpo.spec import EnvStr, Spec
 
 Protocol = Literal["paper", "coco"]
 RELEASE_HOW = "the MCM-DPO alt-text release (upstream *_test.json files and their image folders)"
@@ -22,8 +22,8 @@ RELEASE_HOW = "the MCM-DPO alt-text release (upstream *_test.json files and thei
 class AltextSource(Spec):
     """``[eval.talt]`` / ``[eval.palt]``: an upstream alt-text test file and its image folder."""
 
-    file: str = Field(description="test records: JSONL (upstream *_test.json), JSON list or parquet")
-    images: str = Field(description="folder the records' image paths are relative to")
+    file: EnvStr = Field(description="test records: JSONL (upstream *_test.json), JSON list or parquet")
+    images: EnvStr = Field(description="folder the records' image paths are relative to")
 
 
 def read_altext(source: Mapping[str, Any]) -> list[Item]:

@@ -15,7 +15,7 @@ from pydantic import Field
 from mcmdpo.benchmarks import Benchmark, Item, ScoreEnv, register_benchmark
 from mcmdpo.benchmarks.files import read_json_list, text_field
 from mcmdpo.errors import InputError, record_ref
-from mcmdpo.spec import Spec
+from mcmdpo.spec import EnvStr, Spec
 
 AMBER_GENERATIVE_MAX_ID = 1004
 """AMBER ids 1..1004 are the generative queries (upstream inference skips the others)."""
@@ -28,11 +28,11 @@ AMBER_HOW = (
 class AmberSource(Spec):
     """``[eval.amber]``: AMBER's data folder, generative queries and images."""
 
-    data_dir: str = Field(
+    data_dir: EnvStr = Field(
         description="AMBER data/ folder: annotations.json, relation.json, safe_words.txt, metrics.txt"
     )
-    images: str = Field(description="folder with AMBER_<id>.jpg")
-    queries: str | None = Field(
+    images: EnvStr = Field(description="folder with AMBER_<id>.jpg")
+    queries: EnvStr | None = Field(
         None, description="generative queries JSON (default <data_dir>/query/query_generative.json)"
     )
 

@@ -14,7 +14,7 @@ from pydantic import Field
 from mcmdpo.benchmarks import Benchmark, Item, ScoreEnv, register_benchmark
 from mcmdpo.benchmarks.files import b64_image, is_json_list, read_json_list, read_jsonl, text_field
 from mcmdpo.errors import InputError, record_ref
-from mcmdpo.spec import Spec
+from mcmdpo.spec import EnvStr, Spec
 
 MMHAL_HOW = (
     "the MMHal-Bench release (https://huggingface.co/datasets/Shengcao1006/MMHal-Bench): the 96-question "
@@ -34,8 +34,10 @@ MMHAL_FIELDS = (
 class MMHalSource(Spec):
     """``[eval.mmhal]``: the 96-question template and its images; scored by ``[score.judge]``."""
 
-    file: str = Field(description="mmhal-bench_answer_template.json, or a JSONL with base64 'image' per line")
-    images: str | None = Field(
+    file: EnvStr = Field(
+        description="mmhal-bench_answer_template.json, or a JSONL with base64 'image' per line"
+    )
+    images: EnvStr | None = Field(
         None, description="folder with the images (not needed when lines carry 'image')"
     )
 

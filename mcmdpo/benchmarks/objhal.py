@@ -15,7 +15,7 @@ from pydantic import Field
 from mcmdpo.benchmarks import Benchmark, Item, ScoreEnv, register_benchmark
 from mcmdpo.benchmarks.files import b64_image, read_jsonl, text_field
 from mcmdpo.errors import InputError
-from mcmdpo.spec import Spec
+from mcmdpo.spec import EnvStr, Spec
 
 COCO_HOW = (
     "wget http://images.cocodataset.org/annotations/annotations_trainval2014.zip && unzip it; "
@@ -27,11 +27,11 @@ RLAIFV_HOW = "git clone https://github.com/RLHF-V/RLAIF-V (files under eval/data
 class ObjHalSource(Spec):
     """``[eval.objhal]``: Object HalBench questions, COCO 2014 annotations, synonym table."""
 
-    file: str = Field(description="obj_halbench_300_with_image.jsonl (base64 image, image_id, question)")
-    coco_dir: str = Field(
+    file: EnvStr = Field(description="obj_halbench_300_with_image.jsonl (base64 image, image_id, question)")
+    coco_dir: EnvStr = Field(
         description="folder with instances_{train,val}2014.json + captions_{train,val}2014.json"
     )
-    synonyms: str = Field(description="synonyms_refine.txt (80 COCO classes, synonyms comma-separated)")
+    synonyms: EnvStr = Field(description="synonyms_refine.txt (80 COCO classes, synonyms comma-separated)")
 
 
 class ObjHalScoring(Spec):

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mcmdpo.llm import LLMSpec
+from mcmdpo.spec import EnvStr
 
 INSTRUCTION = "Given an image and context, generate alt-text for the image."
 """The upstream instruction; ``question`` = instruction + "\\nContext:\\n" + context."""
@@ -91,8 +92,8 @@ class SplitSpec(_Section):
 class CurateSpec(_Section):
     """``[curate]``: raw (context, image, alt-text) triples -> sft.json, preference.json, test.jsonl."""
 
-    raw_file: str = Field(description="raw triples: JSONL or parquet with id, image, context, alt_text")
-    images: str | None = Field(
+    raw_file: EnvStr = Field(description="raw triples: JSONL or parquet with id, image, context, alt_text")
+    images: EnvStr | None = Field(
         None, description="folder the `image` paths are relative to (None: bytes only)"
     )
     shards: int = Field(1, ge=1, description="array tasks of curate_scan and curate (shards of raw_file)")

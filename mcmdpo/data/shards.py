@@ -317,8 +317,11 @@ class PreferenceShards:
     index to (shard, local index) in constant time.
     """
 
+    reader_class: type[ShardReader] = ShardReader
+    """The per-shard reader (:class:`mcmdpo.data.sft_shards.SftShards` reads SFT shards)."""
+
     def __init__(self, paths: Sequence[Path | str], counts: Sequence[int] | None = None):
-        self.readers = [ShardReader(p) for p in paths]
+        self.readers = [self.reader_class(p) for p in paths]
         counts = [len(r) for r in self.readers] if counts is None else list(counts)
         if len(counts) != len(self.readers):
             raise ValueError("one count per shard")

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from mcmdpo.spec import existing_path
+from mcmdpo.spec import EnvStr, existing_path
 from mcmdpo.stage import StageSpec
 
 
@@ -65,11 +65,11 @@ class PrecomputeSpec(StageSpec):
         89_478_485, ge=1, description="decompression-bomb limit: larger images are bad records"
     )
     seed_offset: int = Field(0, ge=0, description="added to run.seed for the rejected-image draws")
-    processor_path: str | None = Field(
+    processor_path: EnvStr | None = Field(
         None, description="image processor folder when the recipe has no [model] stage (else built-in)"
     )
-    data_file: str | None = Field(None, description="source file when the recipe has no [data] stage")
-    image_root: str | None = Field(None, description="image folder of data_file (no [data] stage)")
+    data_file: EnvStr | None = Field(None, description="source file when the recipe has no [data] stage")
+    image_root: EnvStr | None = Field(None, description="image folder of data_file (no [data] stage)")
 
     @field_validator("data_file", "image_root", "processor_path")
     @classmethod

@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import Field
 
 from mcmdpo.errors import McmdpoError
-from mcmdpo.spec import Spec
+from mcmdpo.spec import EnvStr, Spec
 
 Tokenizer = Literal["punkt", "treebank"]
 Tagger = Literal["perceptron", "wordnet"]
@@ -64,7 +64,7 @@ class MissingResource(McmdpoError, RuntimeError):
 class NltkSpec(Spec):
     """``[score.nltk]``: NLTK data location and the tokenizer / tagger modes (fallbacks are deviations)."""
 
-    data_dirs: tuple[str, ...] = Field(
+    data_dirs: tuple[EnvStr, ...] = Field(
         (), description="extra NLTK data folders, searched first (or NLTK_DATA)"
     )
     tokenizer: Tokenizer = Field(

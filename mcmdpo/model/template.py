@@ -26,6 +26,7 @@ below follow the same split so that the log-prob engine can share the prefix bet
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -70,8 +71,61 @@ class PromptPieces:
 
     def labels(self, image_token_id: int, ignore_index: int = -100) -> list[int]:
         """Answer-only labels aligned with :meth:`input_ids` (everything before the answer ignored)."""
-        n_prompt = len(self.prefix_ids) + self.num_image_tokens + len(self.context_ids)
-        return [ignore_index] * n_prompt + list(self.answer_ids)
+        return [ignore_index] * self.prompt_length + list(self.answer_ids)
+
+    @property
+    def prompt_length(self) -> int:
+        """Tokens before the (first) answer, image placeholders included."""
+        return len(self.prefix_ids) + self.num_image_tokens + len(self.context_ids)
+
+
+@dataclass(frozen=True)
+class ConversationPieces:
+    """A multi-turn conversation with one image: ``turns`` = ((prompt ids, answer ids), ...).
+
+    Every answer is supervised (LLaVA ``preprocess_v1`` masks only the human parts). The text reads
+    ``{SYSTEM} USER: <image>\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>...``; with one
+    turn the ids equal :class:`PromptPieces`' (tested).
+    """
+
+    prefix_ids: tuple[int, ...]
+    num_image_tokens: int
+    turns: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
+
+    def input_ids(self, image_token_id: int) -> list[int]:
+        ids = [*self.prefix_ids, *[image_token_id] * self.num_image_tokens]
+        for prompt, answer in self.turns:
+            ids += [*prompt, *answer]
+        return ids
+
+    def labels(self, image_token_id: int, ignore_index: int = -100) -> list[int]:
+        labels = [ignore_index] * (len(self.prefix_ids) + self.num_image_tokens)
+        for prompt, answer in self.turns:
+            labels += [ignore_index] * len(prompt) + list(answer)
+        return labels
+
+    @property
+    def prompt_length(self) -> int:
+        return len(self.prefix_ids) + self.num_image_tokens + len(self.turns[0][0])
+
+
+def encode_conversation(
+    tokenizer: PreTrainedTokenizerBase, turns: Sequence[tuple[str, str]], num_image_tokens: int
+) -> ConversationPieces:
+    """Token pieces of a conversation; the first question follows the image, later ones a ``</s>``.
+
+    Later turns are tokenised as their own chunk (``"USER: {q} ASSISTANT:"``), the way the image
+    chunks are: a deviation from upstream, which tokenises the whole multi-turn string at once.
+    """
+    pieces = []
+    for k, (question, answer) in enumerate(turns):
+        if k == 0:
+            prompt = encode_context(tokenizer, question)
+        else:
+            text = f"{ROLES[0]}: {question}{SEP}{ROLES[1]}:"
+            prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+        pieces.append((tuple(prompt), tuple(encode_answer(tokenizer, answer))))
+    return ConversationPieces(tuple(encode_prefix(tokenizer)), num_image_tokens, tuple(pieces))
 
 
 def system_text(template: str = TRAINING_TEMPLATE) -> str:

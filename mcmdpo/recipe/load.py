@@ -6,7 +6,7 @@ import copy
 import itertools
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,8 +74,16 @@ class _Source:
         return Problem(self.path, line_of(self.lines, key), key, message)
 
 
-def load_recipe(path: Path | str, overrides: Sequence[str] = ()) -> Recipe:
-    """Read, override, validate and expand a recipe; raise :class:`RecipeError` with every problem."""
+def load_recipe(
+    path: Path | str,
+    overrides: Sequence[str] = (),
+    transform: Callable[[dict[str, Any]], None] | None = None,
+) -> Recipe:
+    """Read, override, validate and expand a recipe; raise :class:`RecipeError` with every problem.
+
+    ``transform(doc)`` may rewrite the raw document (``[sweep]`` included) after the overrides and
+    before validation (``mcmdpo.smoke`` makes the smoke version of a recipe this way).
+    """
     path = Path(path)
     doc, lines = load_toml(path)
     source = _Source(str(path), lines)
@@ -84,6 +92,8 @@ def load_recipe(path: Path | str, overrides: Sequence[str] = ()) -> Recipe:
         parts, value = parse_override(text)
         set_dotted(doc, parts, value, f"--set {text}")
         source.overridden[".".join(parts)] = f"--set {text}"
+    if transform is not None:
+        transform(doc)
     sweep = _extract_sweep(doc.pop("sweep", {}), source, problems)
     registry = _load_registry(doc, source, problems)
     base = _validate(doc, source, registry, path, problems)

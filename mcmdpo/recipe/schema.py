@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
+
+from mcmdpo.spec import expand_vars
 
 SafeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
 """A job/run name: letters, digits, '_', '.', '-' (no spaces, quotes or shell metacharacters)."""
@@ -28,9 +30,16 @@ class RunSpec(Section):
     """``[run]``: what the run is called, where it writes, which seed it uses."""
 
     name: SafeName = Field(description="run name; the run dir is <output_root>/<name>")
-    output_root: Path = Field(Path("runs"), description="parent of run dirs (relative: to the cwd)")
+    output_root: Annotated[Path, BeforeValidator(expand_vars)] = Field(
+        Path("runs"), description="parent of run dirs (relative: to the cwd; ${VAR} expanded)"
+    )
     seed: int = Field(0, ge=0, description="base seed; every stage derives its own from it")
     plugins: tuple[str, ...] = Field((), description="importable modules that register extra stages")
+    expected_records: dict[str, int] = Field(
+        default_factory=dict,
+        description="record counts by file name (e.g. pinterest_train.json = 8212) for the --dry-run "
+        "GPU-hour estimate when a data file cannot be counted at planning time",
+    )
 
     @field_validator("output_root")
     @classmethod

@@ -26,7 +26,7 @@ MODEL_LABELS = {
 KIND_KEY = "preference.loss.kind"  # already in the model label
 
 
-GROUP_NAMES = {"single": "Single", "pair": "Pair", "multi": "Multi"}
+GROUP_NAMES = {"single": "Single", "pair": "Pair", "multi": "Multi", "context": "Context"}
 
 
 def _drop_label(value: Any) -> str:
@@ -36,7 +36,20 @@ def _drop_label(value: Any) -> str:
     return " ".join(parts) or "full"
 
 
+DATASET_NAMES = {"pinterest": "PAlt", "twitter": "TAlt", "palt": "PAlt", "talt": "TAlt"}
+
+
+def _data_label(value: Any) -> str:
+    """A swept ``[data]`` table -> its data set: ``.../pinterest_train.json`` -> ``PAlt``."""
+    if not isinstance(value, Mapping):
+        return str(value)
+    name = str(value.get("train_file") or value.get("source") or "data").rsplit("/", 1)[-1].split(".")[0]
+    stem = name.removesuffix("_train").removesuffix("_preference")
+    return DATASET_NAMES.get(stem.lower(), stem)
+
+
 POINT_LABELS: dict[str, Callable[[Any], str]] = {
+    "data": _data_label,
     "preference.loss.gamma": lambda v: f"gamma = {v}",
     "preference.loss.alpha": lambda v: f"alpha = {v}",
     "preference.loss.lambda": lambda v: f"lambda = {v}",
@@ -79,8 +92,14 @@ def point_label(point: Mapping[str, Any]) -> str:
 
 
 def row_label(file: MetricsFile, labels: Mapping[str, str]) -> str:
-    """The row's label: an override for its row key, else its sweep values, else its model label."""
+    """The row's label: an override for its row key, else its sweep values, else its model label.
+
+    When the loss kind is swept together with other keys, the model label leads: ``+DPO (PAlt)``.
+    """
     key = row_key(file)
     if key in labels:
         return labels[key]
-    return point_label(file.point) or model_label(file, labels)
+    point = point_label(file.point)
+    if point and KIND_KEY in file.point:
+        return f"{model_label(file, labels)} ({point})"
+    return point or model_label(file, labels)

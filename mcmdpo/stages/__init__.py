@@ -15,6 +15,7 @@ PIPELINE = (
     "data",
     "model",
     "precompute",
+    "sft_data",
     "sft",
     "reference",
     "preference",

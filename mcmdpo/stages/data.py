@@ -1,28 +1,27 @@
-"""Stage ``data``: the source files of a run, generated (``demo``) or checked (``files``).
+"""Stage ``data``: the source files of a run, generated (``demo``), checked (``files``) or curated.
 
 Output: ``data.json``, a manifest that later stages read instead of the recipe::
 
-    {"source": "demo" | "files",
+    {"source": "demo" | "files" | "curate",
      "splits": {"train": {"file": ..., "images": ..., "format": "json", "num_records": 64,
                           "sha256": ..., "size": ...},
                 "test": {...}}}
 
-Paths in the manifest are relative to the task folder for ``demo`` (generated under ``demo/``) and
-absolute for ``files``. Relative paths in the recipe are resolved against the directory the job
-starts in (the directory ``mcmdpo submit`` ran from); prefer absolute paths on a cluster.
+Paths in the manifest are relative to the task folder for ``demo`` (generated under ``demo/``),
+absolute for ``files`` and ``curate`` (``curate_split``'s ``preference.json`` as train, ``test.jsonl``
+as test, with its ``images/``). Relative recipe paths start at the directory ``mcmdpo submit`` ran in.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from mcmdpo.artifacts import file_hash, write_json_atomic
-from mcmdpo.errors import InputError
+from mcmdpo.artifacts import write_json_atomic
+from mcmdpo.errors import MissingInput
 from mcmdpo.handoff import DATA_MANIFEST as MANIFEST
-from mcmdpo.spec import existing_path
+from mcmdpo.spec import EnvStr, existing_path
 from mcmdpo.stage import Stage, StageSpec, TaskContext, register
 
 DEMO_DIR = "demo"
@@ -31,18 +30,20 @@ DEMO_DIR = "demo"
 class DataSpec(StageSpec):
     """``[data]``: where the preference (train) and test records come from."""
 
-    source: Literal["demo", "files"] = Field(
-        "demo", description="demo: generate the synthetic dataset; files: use existing upstream-format files"
+    source: Literal["demo", "files", "curate"] = Field(
+        "demo",
+        description="demo: generate the synthetic dataset; files: use existing upstream-format files; "
+        "curate: the outputs of the [curate] stages",
     )
     num_train: int = Field(64, ge=2, description="demo: number of preference (train) records")
     num_test: int = Field(16, ge=0, description="demo: number of test records")
     seed: int = Field(0, ge=0, description="demo: seed of the scene generator")
     min_image_size: int = Field(256, ge=16, description="demo: smallest image side in pixels")
     max_image_size: int = Field(512, ge=16, description="demo: largest image side in pixels")
-    train_file: str | None = Field(None, description="files: preference records (JSON list, JSONL, parquet)")
-    train_images: str | None = Field(None, description="files: folder the train image paths are relative to")
-    test_file: str | None = Field(None, description="files: test records (JSONL, JSON list, parquet)")
-    test_images: str | None = Field(None, description="files: folder the test image paths are relative to")
+    train_file: EnvStr | None = Field(None, description="files: preference records (JSON, JSONL, parquet)")
+    train_images: EnvStr | None = Field(None, description="files: folder train image paths start at")
+    test_file: EnvStr | None = Field(None, description="files: test records (JSONL, JSON list, parquet)")
+    test_images: EnvStr | None = Field(None, description="files: folder the test image paths are relative to")
 
     @field_validator("train_file", "test_file", "train_images", "test_images")
     @classmethod
@@ -68,78 +69,26 @@ class DataSpec(StageSpec):
 def run_data(ctx: TaskContext) -> list[str]:
     """Generate or check the source files; write ``data.json``."""
     spec: DataSpec = ctx.spec
+    from mcmdpo.data import manifest as data_manifest
+
     if spec.source == "demo":
-        manifest = _demo(spec, ctx.out_dir)
+        manifest = data_manifest.demo_manifest(spec, ctx.out_dir / DEMO_DIR, DEMO_DIR)
         outputs = [MANIFEST, DEMO_DIR]
+    elif spec.source == "files":
+        manifest = data_manifest.files_manifest(spec, data_manifest.bad_record_policy(ctx.recipe))
+        outputs = [MANIFEST]
     else:
-        manifest = _files(spec, bad_record_policy(ctx.recipe))
+        if not ctx.inputs.get("curate_split"):
+            raise MissingInput("'curate' needs the [curate] stages in the recipe", field="data.source")
+        manifest = data_manifest.curated_manifest(ctx.inputs["curate_split"][0])
         outputs = [MANIFEST]
     write_json_atomic(ctx.out_dir / MANIFEST, manifest)
     ctx.summary.update({s: info["num_records"] for s, info in manifest["splits"].items()})
     return outputs
 
 
-def _demo(spec: DataSpec, out_dir: Path) -> dict[str, Any]:
-    from mcmdpo.data.demo import make_demo_dataset
-
-    folder = out_dir / DEMO_DIR
-    made = make_demo_dataset(
-        folder, spec.num_train, spec.num_test, spec.seed, spec.min_image_size, spec.max_image_size
-    )
-    splits = {}
-    for split in ("train", "test"):
-        if made[split]["num_records"] == 0:
-            continue
-        file = folder / made[split]["file"]
-        splits[split] = {
-            "file": f"{DEMO_DIR}/{made[split]['file']}",
-            "images": f"{DEMO_DIR}/{made[split]['images']}",
-            **_describe(file, made[split]["num_records"]),
-        }
-    return {"source": "demo", "splits": splits}
+def data_uses(spec: DataSpec, doc: Any) -> tuple[str, ...]:
+    return ("curate_split",) if spec.source == "curate" else ()
 
 
-def _files(spec: DataSpec, policy: str) -> dict[str, Any]:
-    """Check every split fully (syntax, fields, ids, image paths) before anything is trained."""
-    from mcmdpo.data.records import check_split, count_records, detect_format
-
-    splits = {}
-    for split in ("train", "test"):
-        name, images = getattr(spec, f"{split}_file"), getattr(spec, f"{split}_images")
-        if not name:
-            continue
-        file, root = Path(name).absolute(), Path(images).absolute()
-        bad = check_split(file, root, split)
-        if bad and policy == "fail":
-            shown = "; ".join(str(b) for b in bad[:3])
-            more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
-            raise InputError(f"{len(bad)} bad record(s): {shown}{more}", field=f"data.{split}_file")
-        splits[split] = {
-            "file": str(file),
-            "images": str(root),
-            "format": detect_format(file),
-            **_describe(file, count_records(file)),
-            "bad_records": len(bad),
-        }
-    return {"source": "files", "splits": splits}
-
-
-def bad_record_policy(recipe: Any) -> str:
-    """``fail`` unless the recipe's precompute skips bad records (then they are counted here)."""
-    precompute = recipe.get("precompute") if isinstance(recipe, dict) else None
-    return "skip" if isinstance(precompute, dict) and precompute.get("on_bad_record") == "skip" else "fail"
-
-
-def _describe(file: Path, num_records: int) -> dict[str, Any]:
-    from mcmdpo.data.records import detect_format
-
-    stat = file.stat()
-    return {
-        "format": detect_format(file),
-        "num_records": num_records,
-        "sha256": file_hash(file),
-        "size": stat.st_size,
-    }
-
-
-STAGE = register(Stage(name="data", spec=DataSpec, run=run_data))
+STAGE = register(Stage(name="data", spec=DataSpec, run=run_data, after=("curate_split",), uses=data_uses))

@@ -1,15 +1,15 @@
 """Stage ``model``: the base LLaVA-1.6 checkpoint of a run, built tiny or taken from a folder.
 
-``tiny``: a random tiny LLaVA-NeXT in ``<task>/model/`` (BPE tokenizer trained on the ``data`` texts).
-``path``: an existing HF folder (``llava-hf/llava-v1.6-vicuna-7b-hf`` layout; checked at validation,
-not copied). Both write ``model.json``; consumers use :func:`mcmdpo.handoff.upstream_model`.
+``tiny``: a random tiny LLaVA-NeXT in ``<task>/model/`` (tokenizer trained on the ``data`` texts, or on a
+built-in corpus: ``corpus = "builtin"``). ``path``: an existing HF folder (``llava-v1.6-vicuna-7b-hf``
+layout; checked at validation, not copied). Both write ``model.json``; see :func:`handoff.upstream_model`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -18,7 +18,7 @@ from mcmdpo import handoff
 from mcmdpo.artifacts import read_json, write_json_atomic
 from mcmdpo.handoff import MODEL_DIR
 from mcmdpo.handoff import MODEL_MANIFEST as MANIFEST
-from mcmdpo.spec import existing_path
+from mcmdpo.spec import EnvStr, existing_path
 from mcmdpo.stage import Stage, StageSpec, TaskContext, register
 
 TINY_FIELDS = ("image_size", "patch_size", "hidden_size", "num_layers", "vocab_size")
@@ -30,7 +30,7 @@ class ModelSpec(StageSpec):
     source: Literal["tiny", "path"] = Field(
         "tiny", description="tiny: build a small random LLaVA-NeXT; path: use an existing HF folder"
     )
-    path: str | None = Field(
+    path: EnvStr | None = Field(
         None,
         validate_default=True,
         description="path: HF LLaVA-NeXT folder with config.json (relative: to the submit directory)",
@@ -47,6 +47,7 @@ class ModelSpec(StageSpec):
     )
     num_layers: int = Field(2, ge=1, description="tiny: layers of the vision tower and of the LM")
     vocab_size: int = Field(512, ge=300, description="tiny: BPE vocabulary size (>= 256 bytes + specials)")
+    corpus: Literal["data", "builtin"] = Field("data", description="tiny tokenizer: [data] texts or built-in")
 
     @field_validator("path")
     @classmethod
@@ -105,7 +106,7 @@ def run_model(ctx: TaskContext) -> list[str]:
     fingerprint = handoff.model_fingerprint(folder)
     info.update(mode=spec.mode, fingerprint=fingerprint, config=config_summary(folder))
     write_json_atomic(ctx.out_dir / MANIFEST, info)
-    ctx.summary.update(size_mb=round(_folder_bytes(folder) / 2**20, 3))
+    ctx.summary.update(size_mb=round(sum(f.stat().st_size for f in handoff.visible_files(folder)) / 2**20, 3))
     ctx.log.info("model %s (%s): %s", info["source"], info["fingerprint"][:12], folder)
     return outputs
 
@@ -142,8 +143,8 @@ def build_tiny(out_dir: Path, texts: Sequence[str], spec: ModelSpec, seed: int) 
     return final
 
 
-def _folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in handoff.visible_files(folder))
+def model_uses(spec: ModelSpec, doc: Mapping[str, Any]) -> tuple[str, ...]:  # a tokenizer on [data] texts
+    return ("data",) if spec.source == "tiny" and spec.corpus == "data" else ()
 
 
-STAGE = register(Stage(name="model", spec=ModelSpec, run=run_model, after=("data",)))
+STAGE = register(Stage(name="model", spec=ModelSpec, run=run_model, after=("data",), uses=model_uses))

@@ -1,4 +1,4 @@
-"""Which samples every optimizer step uses, and loading them one step ahead.
+"""Which samples every optimizer step uses, and loading them ahead of the step that needs them.
 
 Order (``data_order``) of epoch ``e``:
 
@@ -21,11 +21,17 @@ Trainer runs them as a smaller last step). Rank ``r`` takes the slice ``[r*m*a, 
 and splits it into ``a`` micro-batches of ``m`` samples (``m`` = micro_batch_size, ``a`` =
 accumulation). The order depends only on (seed, epoch, step), so a resumed run reads exactly the
 batches an uninterrupted one does.
+
+Loading: :class:`Prefetcher` builds step ``k+1``'s micro-batches on one background thread (the
+precompute shards hold ready tensors); :class:`WorkerLoader` builds them in torch DataLoader worker
+processes (SFT shards hold encoded images: decoding and preprocessing are the expensive part).
+:func:`step_loader` picks one. Either way a micro-batch depends only on its indices.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -154,6 +160,13 @@ def sample_lengths(texts: Callable[[str], Sequence[str]], n: int, stage: str) ->
     return [max(len(c.split()), len(r.split())) for c, r in zip(chosen, rejected, strict=True)]
 
 
+def conversation_lengths(conversations: Sequence[str]) -> list[int]:
+    """Upstream ``LazySupervisedDataset.modality_lengths`` of SFT shard samples (``conversations``:
+    the shards' JSON ``[[question, answer], ...]`` column, ``<image>`` removed from the questions):
+    the words of every turn's value, ``"<image>\\n"`` of the first human turn counted as one."""
+    return [1 + sum(len(q.split()) + len(a.split()) for q, a in json.loads(c)) for c in conversations]
+
+
 class Prefetcher:
     """Loads step ``k+1``'s micro-batches on one background thread while step ``k`` computes.
 
@@ -175,3 +188,64 @@ class Prefetcher:
     def close(self) -> None:
         self._pending.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class WorkerLoader:
+    """The micro-batches of steps ``first_step .. last_step - 1`` from a torch DataLoader.
+
+    ``item(index)`` (decode, preprocess, tokenise) runs in ``workers`` processes; ``collate`` pads a
+    micro-batch. The batch sampler is the data order from ``first_step`` on, so a resumed run starts
+    exactly where the checkpoint left off, and DataLoader keeps the sampler's order whatever the
+    number of workers.
+    """
+
+    def __init__(
+        self,
+        item: Callable[[int], Any],
+        collate: Callable[[list[Any]], Any],
+        order: DataOrder,
+        rank: int,
+        first_step: int,
+        last_step: int,
+        workers: int,
+    ):
+        from torch.utils.data import DataLoader
+
+        batches = [b.tolist() for s in range(first_step, last_step) for b in order.micro_batches(s, rank)]
+        self.accum, self.next_step = order.layout.accum, first_step
+        loader = DataLoader(
+            _Items(item), batch_sampler=batches, collate_fn=collate, num_workers=workers, prefetch_factor=2
+        )
+        self._iter: Any = iter(loader)
+
+    def get(self, step: int) -> list[Any]:
+        if step != self.next_step:
+            raise RuntimeError(f"WorkerLoader: step {step} asked, {self.next_step} is next")
+        self.next_step += 1
+        return [next(self._iter) for _ in range(self.accum)]
+
+    def close(self) -> None:
+        self._iter = None  # the iterator's workers shut down when it is collected
+
+
+class _Items:
+    """A map-style dataset over ``item(index)`` (what DataLoader workers call)."""
+
+    def __init__(self, item: Callable[[int], Any]):
+        self.item = item
+
+    def __getitem__(self, index: int) -> Any:
+        return self.item(int(index))
+
+
+def step_loader(objective: Any, order: DataOrder, rank: int, first_step: int, last_step: int) -> Any:
+    """A :class:`WorkerLoader` when the objective loads per item with workers, else a
+    :class:`Prefetcher` over ``objective.load`` (one background thread)."""
+    workers = int(getattr(objective, "workers", 0))
+    if workers > 0 and hasattr(objective, "item"):
+        return WorkerLoader(objective.item, objective.collate, order, rank, first_step, last_step, workers)
+
+    def load(step: int) -> list[Any]:
+        return [objective.load(b) for b in order.micro_batches(step, rank)]
+
+    return Prefetcher(load, last_step)

@@ -40,7 +40,7 @@ from mcmdpo.handoff import check_geometry
 from mcmdpo.resumable import copy_atomic, mark_complete, pause_for_tests, reusable
 from mcmdpo.stage import TaskContext
 from mcmdpo.train import checkpoint
-from mcmdpo.train.batches import DataOrder, Prefetcher, sample_lengths
+from mcmdpo.train.batches import DataOrder, conversation_lengths, sample_lengths, step_loader
 from mcmdpo.train.engine import build_engine, seed_everything, setup_distributed
 from mcmdpo.train.export import export_model
 from mcmdpo.train.metrics import MetricsLog, log_line
@@ -97,41 +97,99 @@ class Counters:
 # ------------------------------------------------------------------------------------------- entry
 
 
+@dataclass
+class TrainData:
+    """What a task trains on, before the model is loaded: the image mode the model must use, and
+    how to make the sample source once the model's processor is known (and check it fits)."""
+
+    mode: str
+    make_source: Callable[[Any], Any]
+    check: Callable[[Any], None] = lambda processor: None
+    lengths: Callable[[int, str], list[int]] | None = None
+    """``lengths(n, stage)``: upstream's modality lengths of the first ``n`` samples, for
+    ``data_order = "length_grouped"`` (None: that order is not available for this data)."""
+
+    def sample_lengths(self, n: int, stage: str) -> list[int]:
+        if self.lengths is None:
+            raise ConfigError(
+                f"{stage}.data_order = 'length_grouped' is not available for this data",
+                field=f"{stage}.data_order",
+            )
+        return self.lengths(n, stage)
+
+
 def run_training(
-    ctx: TaskContext, spec: TrainSpec, init_dir: Path, build_objective: ObjectiveFactory
+    ctx: TaskContext,
+    spec: TrainSpec,
+    init_dir: Path,
+    build_objective: ObjectiveFactory,
+    data: TrainData | None = None,
 ) -> list[str]:
-    """Train from ``init_dir`` on the recipe's precompute shards; export; return the outputs (rank 0)."""
+    """Train from ``init_dir`` on ``data`` (default: the recipe's precompute shards); export; return
+    the outputs (rank 0)."""
     done = exported_outputs(ctx)
     if done is not None:
         return done if ctx.rank == 0 else []
-    trainer = setup(ctx, spec, init_dir, build_objective)
+    trainer = setup(ctx, spec, init_dir, build_objective, data or preference_data(ctx))
     trainer.resume()
     trainer.train()
     return trainer.finish()
 
 
-def setup(ctx: TaskContext, spec: TrainSpec, init_dir: Path, build_objective: ObjectiveFactory) -> Trainer:
+def setup(
+    ctx: TaskContext, spec: TrainSpec, init_dir: Path, build_objective: ObjectiveFactory, data: TrainData
+) -> Trainer:
     """Process group, starting model, objective, data order and DeepSpeed engine of one task."""
     rank, _, world = setup_distributed(ctx.world_size)
     layout = spec.layout(world)  # batch arithmetic fails here, before anything is loaded
     set_cpu_threads(world)
     seed = spec.seed if spec.seed is not None else int(ctx.seed)
     seed_everything(seed, rank)
-    shards = open_shards(ctx)
-    policy = load_policy(init_dir, spec, str(shards.readers[0].attrs.get("mode", "pad")))
-    reader = shards.readers[0]
-    check_geometry(policy.processor, reader.attrs.get("patch_shape"), reader.path, "the training model")
-    source = SampleSource(shards, policy.processor, policy.mode)
+    policy = load_policy(init_dir, spec, data.mode)
+    data.check(policy.processor)
+    source = data.make_source(policy.processor)
     objective = build_objective(source, policy.model, policy.processor)
-    n = min(len(shards), spec.max_samples or len(shards))
-    lengths = (
-        sample_lengths(shards.text_column, n, ctx.stage) if spec.data_order == "length_grouped" else None
-    )
+    n = min(len(source), spec.max_samples or len(source))
+    lengths = data.sample_lengths(n, ctx.stage) if spec.data_order == "length_grouped" else None
     order = DataOrder(n, layout, seed, lengths)
     objective.prepare(range(order.num_samples))
     total = min(order.steps_per_epoch * spec.epochs, spec.max_steps or 2**62)
     engine = build_engine(policy.model, spec, layout, total)
     return Trainer(ctx, spec, engine, objective, order, total, policy)
+
+
+def preference_data(ctx: TaskContext) -> TrainData:
+    """The precompute shards (image mode and crop size as stored) through :class:`SampleSource`."""
+    shards = open_shards(ctx)
+    reader = shards.readers[0]
+    mode = str(reader.attrs.get("mode", "pad"))
+    return TrainData(
+        mode,
+        lambda processor: SampleSource(shards, processor, mode),
+        lambda processor: check_geometry(
+            processor, reader.attrs.get("patch_shape"), reader.path, "the training model"
+        ),
+        lambda n, stage: sample_lengths(shards.text_column, n, stage),
+    )
+
+
+def conversation_data(ctx: TaskContext) -> TrainData:
+    """The ``sft_data`` shards (encoded images, decoded in DataLoader workers); the image mode is
+    the one the ``model`` stage declares (pad without one)."""
+    from mcmdpo.data.sft_shards import SftShards
+    from mcmdpo.handoff import declared_mode
+    from mcmdpo.samples import ConversationSource
+
+    tasks = ctx.inputs.get("sft_data")
+    if not tasks:
+        raise ConfigError(f"stage {ctx.stage} trains on the sft_data shards, but none were consumed")
+    shards = SftShards.from_inputs(tasks)
+    mode = declared_mode(ctx) or "pad"
+    return TrainData(
+        mode,
+        lambda processor: ConversationSource(shards, processor, mode),
+        lengths=lambda n, stage: conversation_lengths(shards.text_column("conversations")[:n]),
+    )
 
 
 def open_shards(ctx: TaskContext) -> PreferenceShards:
@@ -273,7 +331,7 @@ class Trainer:
     # ---------------------------------------------------------------- training
 
     def train(self) -> None:
-        prefetch = Prefetcher(self._load_step, self.total)
+        prefetch = step_loader(self.objective, self.order, self.rank, self.counters.step, self.total)
         try:
             while self.counters.step < self.total:
                 self.step(prefetch)
@@ -283,10 +341,7 @@ class Trainer:
             prefetch.close()
             self.metrics.close()
 
-    def _load_step(self, step: int) -> list[Any]:
-        return [self.objective.load(b) for b in self.order.micro_batches(step, self.rank)]
-
-    def step(self, prefetch: Prefetcher) -> None:
+    def step(self, prefetch: Any) -> None:
         """One optimizer step: forward/backward of this rank's micro-batches, update, all-reduce."""
         started = time.perf_counter()
         times = StepTimes()

@@ -59,14 +59,25 @@ class SftBatch:
     truncated: int
 
 
+@dataclass
+class SftItem:
+    ids: list[int]
+    labels: list[int]
+    pixels: torch.Tensor
+    size: tuple[int, int]
+    truncated: bool
+
+
 class SftObjective:
     """Answer-only next-token loss on (question, chosen) with the chosen image."""
 
     metric_names: tuple[str, ...] = ("answer_tokens", "truncated")
 
-    def __init__(self, source: SampleSource, max_length: int, pad_id: int, image_token_id: int):
+    def __init__(self, source: Any, max_length: int, pad_id: int, image_token_id: int, workers: int = 0):
         self.source, self.max_length = source, max_length
         self.pad_id, self.image_token_id = pad_id, image_token_id
+        self.workers = workers
+        """DataLoader worker processes that run :meth:`item` (0: the trainer's prefetch thread)."""
 
     def prepare(self, indices: Sequence[int]) -> None:
         """Nothing up front: samples are tokenised on first use and right-truncated to max_length."""
@@ -75,7 +86,7 @@ class SftObjective:
         """Input ids and answer-only labels, right-truncated to ``max_length``."""
         pieces = self.source.sft_pieces(index)
         ids, labels = pieces.input_ids(self.image_token_id), pieces.labels(self.image_token_id)
-        prompt = len(ids) - len(pieces.answer_ids)
+        prompt = pieces.prompt_length
         if prompt >= self.max_length:
             raise ValueError(
                 f"sample {self.source.sample_id(index)}: the prompt alone is {prompt} tokens "
@@ -83,27 +94,35 @@ class SftObjective:
             )
         return ids[: self.max_length], labels[: self.max_length]
 
-    def load(self, indices: Sequence[int]) -> SftBatch:
-        rows = [self.row(int(i)) for i in indices]
-        images = [self.source.image(int(i), "chosen") for i in indices]
-        width = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, (ids, lab) in enumerate(rows):
-            input_ids[b, : len(ids)] = torch.tensor(ids)
-            labels[b, : len(lab)] = torch.tensor(lab)
-            mask[b, : len(ids)] = 1
-        full = [len(self.source.sft_pieces(int(i)).input_ids(self.image_token_id)) for i in indices]
+    def item(self, index: int) -> SftItem:
+        """One sample, ready to collate: ids, labels, image (decoded here when the source stores bytes)."""
+        ids, labels = self.row(int(index))
+        pixels, size, _ = self.source.image(int(index), "chosen")
+        full = len(self.source.sft_pieces(int(index)).input_ids(self.image_token_id))
+        return SftItem(ids, labels, pixels, size, full > self.max_length)
+
+    def collate(self, items: Sequence[SftItem]) -> SftBatch:
+        """Right-pad a micro-batch of items."""
+        width = max(len(it.ids) for it in items)
+        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for b, it in enumerate(items):
+            input_ids[b, : len(it.ids)] = torch.tensor(it.ids)
+            labels[b, : len(it.labels)] = torch.tensor(it.labels)
+            mask[b, : len(it.ids)] = 1
         return SftBatch(
             input_ids=input_ids,
             attention_mask=None if bool(mask.all()) else mask,
             labels=labels,
-            pixels=[p for p, _, _ in images],
-            sizes=[s for _, s, _ in images],
+            pixels=[it.pixels for it in items],
+            sizes=[it.size for it in items],
             tokens=int(mask.sum()),
-            truncated=sum(n > self.max_length for n in full),
+            truncated=sum(it.truncated for it in items),
         )
+
+    def load(self, indices: Sequence[int]) -> SftBatch:
+        return self.collate([self.item(int(i)) for i in indices])
 
     def loss(self, model: Any, batch: SftBatch) -> MicroResult:
         device = model.device

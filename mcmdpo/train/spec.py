@@ -8,11 +8,13 @@ the error reads the same wherever it is raised.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from mcmdpo.conditions import ABLATIONS, Term, ablation_key
+from mcmdpo.spec import EnvStr, Spec
 from mcmdpo.stage import StageSpec
 
 # DeepSpeed keys the recipe sets through its own fields (one source of truth for each value).
@@ -162,12 +164,48 @@ class TrainSpec(StageSpec):
         return f"{head}: {self.global_batch_size} is not a multiple of {known}"
 
 
-class SftSpec(TrainSpec):
-    """``[sft]``: supervised fine-tuning on (question, chosen alt-text) with the chosen image.
+class SftFile(Spec):
+    """``[[sft.files]]``: one SFT source file (several mix into one set, e.g. TAlt + PAlt)."""
 
-    Answer-only loss (token mean per micro-batch). The samples are the precompute stage's shards;
-    see the docs for the difference with the paper's separate 202K SFT set.
+    file: EnvStr = Field(
+        description="LLaVA conversation JSON (id, image, conversations), or JSON / JSONL / parquet "
+        "records with question + chosen (top level or a `text` JSON string) and an image path or bytes"
+    )
+    images: EnvStr | None = Field(None, description="folder the image paths are relative to (None: bytes)")
+    name: str | None = Field(None, description="the source's name in ids and summaries (default: file stem)")
+    limit: int | None = Field(None, ge=1, description="use only the first N records of the file")
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.file).stem
+
+
+class SftSpec(TrainSpec):
+    """``[sft]``: supervised fine-tuning; answer-only loss (token mean per micro-batch).
+
+    ``data = "preference"``: (question, chosen alt-text) with the chosen image of the precompute
+    shards. ``files`` / ``curate``: a separate SFT set (the paper's 202K TAlt + PAlt), made into
+    shards of encoded images by the ``sft_data`` stage and decoded in DataLoader workers.
     """
+
+    data: Literal["preference", "files", "curate"] = Field(
+        "preference",
+        description="preference: chosen halves of the [precompute] shards; files: [[sft.files]]; "
+        "curate: sft.json of the [curate] stages",
+    )
+    files: tuple[SftFile, ...] = Field((), description="data = 'files': the source files, mixed in order")
+    data_workers: int = Field(
+        4, ge=0, description="files / curate: DataLoader workers decoding images (0: a background thread)"
+    )
+
+    @model_validator(mode="after")
+    def _check_files(self) -> SftSpec:
+        if (self.data == "files") != bool(self.files):
+            raise ValueError("data = 'files' needs [[sft.files]] entries, and only it uses them")
+        names = [f.label for f in self.files]
+        if len(set(names)) != len(names):
+            raise ValueError(f"[[sft.files]] names must be unique (got {names}); set name = ...")
+        return self
 
 
 class LossSpec(StageSpec):
