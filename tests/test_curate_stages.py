@@ -6,6 +6,7 @@ SIGKILL mid-shard without answering any request twice, and the API key in no fil
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -146,6 +147,7 @@ def test_curate_pipeline_then_kill_and_resume_answers_nothing_twice(tmp_path):
         first = load_recipe(write(tmp_path, "a", raw, images, server.url))
         assert submit(first).ok
         check_outputs(first.run_dir, good)
+        check_funnel_report(first.run_dir, tmp_path / "report")
         answered = rules.answered.copy()
         requests = len(server.requests)
         assert submit(first).ok and len(server.requests) == requests  # everything DONE: no request
@@ -170,6 +172,29 @@ def test_curate_pipeline_then_kill_and_resume_answers_nothing_twice(tmp_path):
     reports = [json.loads((d / "curate.json").read_text()) for d in (run / "curate").iterdir()]
     assert sum(r["resumed_items"] for r in reports) > 0 and sum(r["requests"]["cached"] for r in reports) > 0
     assert_no_secret(run, tmp_path / "cache-b")
+
+
+def check_funnel_report(run: Path, out: Path) -> None:
+    """`mcmdpo report` on a curation-only run: the funnel as markdown, CSV and a PNG."""
+    done = subprocess.run([sys.executable, "-m", "mcmdpo", "report", str(run), "--out", str(out)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    funnel = json.loads((task_dir(run, "curate_split") / "funnel.json").read_text())
+    with open(out / "funnel.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    steps = [(r["step"], int(r["remaining"]), r["dropped"]) for r in rows if r["section"] == "step"]
+    assert steps == [(s["step"], s["remaining"], str(s.get("dropped", ""))) for s in funnel["steps"]]
+    assert {r["step"]: int(r["remaining"]) for r in rows if r["section"] == "split"} == funnel["splits"]
+    llm = {r["step"]: int(r["remaining"]) for r in rows if r["section"] == "llm"}
+    assert llm["rejected texts generated"] == fx.EXPECTED_REJECTED["generated"]
+    assert llm["names replaced"] == 2 and llm["alt-texts corrected"] == 1
+    markdown = (out / "funnel.md").read_text()
+    assert "| raw records |  | 28 | 100.0% |" in markdown
+    assert "| no verified rejected text | 1 | 13 | 46.4% |" in markdown
+    assert "Output splits: sft 7, preference 4, test 2." in markdown
+    png = out / "figures" / f"funnel_{run.name}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert not (out / "table.md").exists()  # nothing scored: a funnel-only report
 
 
 def kill_running(run: Path, stage: str) -> list[int]:

@@ -1,11 +1,12 @@
-"""Find what the ``score`` and training stages wrote in one or several run dirs.
+"""Find what the ``score``, training and ``curate_split`` stages wrote in one or several run dirs.
 
 Reads only ``plan.json``, the ``DONE`` manifests of finished tasks, the metrics JSON files (and,
-lazily, their ``.samples.jsonl``) listed as outputs of ``score`` tasks, and the ``metrics.jsonl`` of
-training tasks. A metrics file belongs to one *row identity*: the run, the model and the sweep values
-that can change that model (a gamma sweep changes the preference model, not the SFT one), so the
-base and SFT models scored once per sweep point appear once. Rows whose recipes differ only in seeds
-(``run.seed``, ``<stage>.seed``) share a ``group``: the table shows them as ``mean ± std``.
+lazily, their ``.samples.jsonl``) listed as outputs of ``score`` tasks, the ``metrics.jsonl`` of
+training tasks and the ``funnel.json`` of curation. A metrics file belongs to one *row identity*: the
+run, the model and the sweep values that can change that model (a gamma sweep changes the preference
+model, not the SFT one), so the base and SFT models scored once per sweep point appear once. Rows
+whose recipes differ only in seeds (``run.seed``, ``<stage>.seed``) share a ``group``: the table
+shows them as ``mean ± std``.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class Collection:
     run_dirs: tuple[Path, ...]
     files: list[MetricsFile] = field(default_factory=list)
     training: list[TrainingLog] = field(default_factory=list)
+    funnels: list[Any] = field(default_factory=list)
+    """:class:`mcmdpo.report.funnel.Funnel` of every finished ``curate_split`` task."""
 
     @property
     def runs(self) -> list[str]:
@@ -115,6 +118,7 @@ def collect(run_dirs: Iterable[Path | str], score_tasks: Iterable[str] | None = 
     the report stage consumes); default: everything finished in the run dirs.
     """
     from mcmdpo.plan import load_plan
+    from mcmdpo.report.funnel import collect_funnels
 
     dirs = tuple(dict.fromkeys(Path(d).resolve() for d in run_dirs))
     if not dirs:
@@ -126,6 +130,7 @@ def collect(run_dirs: Iterable[Path | str], score_tasks: Iterable[str] | None = 
         keep = None if only is None else upstream_instances(plan, only)
         result.files.extend(_dedupe(_metrics_files(run_dir, plan, only)))
         result.training.extend(_training_logs(run_dir, plan, keep))
+        result.funnels.extend(collect_funnels(run_dir, plan, keep))
     return result
 
 

@@ -1,7 +1,9 @@
 """Write a report folder (``write_report``) or a terminal table (``results_table``) from run dirs.
 
 ``<out>/results.csv``, ``table.md``, ``table.tex``, ``figures/*.png``, and with ``--paper``
-``paper_comparison.csv``, with ``--compare A B`` ``compare.csv``. Every file is written under a
+``paper_comparison.csv``, with ``--compare A B`` ``compare.csv``; runs with curation add ``funnel.md``,
+``funnel.csv`` and ``figures/funnel_<run>.png`` (:mod:`mcmdpo.report.funnel`), alone when nothing is
+scored yet. Every file is written under a
 temporary name and renamed.
 """
 
@@ -53,11 +55,16 @@ def build(
 ) -> tuple[Any, list[Any], Any, Any]:
     """Collect, compute intervals and build the table: ``(collection, results, table, paper)``."""
     from mcmdpo.report.collect import collect
+
+    return build_from(collect(run_dirs, score_tasks), spec)
+
+
+def build_from(collection: Any, spec: ReportSpec) -> tuple[Any, list[Any], Any, Any]:
+    """:func:`build` on an existing collection."""
     from mcmdpo.report.paper import load_paper_results
     from mcmdpo.report.results import compute_results
     from mcmdpo.report.tables import build_table
 
-    collection = collect(run_dirs, score_tasks)
     if not collection.files:
         where = ", ".join(str(d) for d in collection.run_dirs)
         raise NoResults(f"{where}: no finished score task with metrics yet (run `mcmdpo status` to see why)")
@@ -79,13 +86,19 @@ def write_report(
     ``compare``: two row names (``--compare``); ``score_tasks``: restrict to these score task ids
     (and the training tasks upstream of them), as the report stage does.
     """
+    from mcmdpo.report.collect import collect
     from mcmdpo.report.compare import COMPARE_COLUMNS, compare_rows
+    from mcmdpo.report.funnel import funnel_markdown, write_funnels
     from mcmdpo.report.paper import COMPARISON_COLUMNS
     from mcmdpo.report.results import records_csv, write_csv
     from mcmdpo.report.tables import render_latex, render_markdown
 
     spec, out = spec or ReportSpec(), Path(out_dir)
-    collection, results, table, paper = build(run_dirs, spec, score_tasks)
+    collection = collect(run_dirs, score_tasks)
+    funnel_files = write_funnels(collection.funnels, out, out / FIGURES if spec.figures else None)
+    if not collection.files and collection.funnels:  # curation only (or no scores yet)
+        return ReportOutputs(out, funnel_files, funnel_markdown(collection.funnels), None, [])
+    collection, results, table, paper = build_from(collection, spec)
     comparisons = compare_rows(table.rows, *compare, _bootstrap(spec)) if compare else []
     markdown = render_markdown(table)
     files = [out / RESULTS_CSV, out / TABLE_MD, out / TABLE_TEX]
@@ -102,7 +115,9 @@ def write_report(
         from mcmdpo.report.figures import write_figures
 
         files += write_figures(table, collection.training, out / FIGURES)
-    return ReportOutputs(out, files, markdown, table, results, comparisons)
+    if collection.funnels:
+        markdown += "\n" + funnel_markdown(collection.funnels)
+    return ReportOutputs(out, files + funnel_files, markdown, table, results, comparisons)
 
 
 def results_table(
