@@ -169,6 +169,9 @@ def test_smoke_plans_have_the_structure_of_the_real_plans(tmp_path, monkeypatch)
         assert structure(plan) == expected, name
         assert plan.run_name == f"paper-{name}-smoke" and plan.executor == "local"
         assert smoke.doc["model"]["source"] == "tiny" and smoke.cluster.profile == "local"
+        if name == "table2":  # stand-ins keep the real file names: the report labels "+DPO (PAlt)"
+            trains = [Path(i.spec["train_file"]).name for i in plan.stage("data").instances]
+            assert trains == ["pinterest_train.json", "twitter_train.json"]
     assert not (tmp_path / "paper-table8-smoke").exists()  # a dry run leaves nothing behind
 
 
