@@ -128,11 +128,6 @@ def mark_complete(
     return list(outputs)
 
 
-def forget_complete(work_dir: Path) -> None:
-    """Drop the completion record (the outputs are about to be rebuilt)."""
-    (Path(work_dir) / COMPLETE).unlink(missing_ok=True)
-
-
 # ---------------------------------------------------------------- the batch ledger
 
 

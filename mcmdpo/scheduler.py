@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
 from collections.abc import Iterable
-from pathlib import Path
 
 ALIVE = {
     "PENDING",
@@ -88,27 +86,3 @@ def is_job_process(pid: int) -> bool:
         return not os.path.isdir("/proc")
     except OSError:
         return True
-
-
-def child_pids(pid: int) -> list[int]:
-    """Direct children of ``pid`` (from /proc; empty where /proc is absent)."""
-    out = []
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat_file.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat_file.parent.name))
-    return out
-
-
-def terminate_tree(pid: int) -> None:
-    """SIGTERM ``pid``'s children, then ``pid`` (a local job's controller and its task processes)."""
-    import signal
-
-    for child in child_pids(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signal.SIGTERM)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)

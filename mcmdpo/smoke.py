@@ -145,13 +145,12 @@ def _records_file(file: Any, images: Any, inputs: SmokeInputs, tag: str, n: int,
     """(file, images) of the first ``n`` records of a real file, or of a generated stand-in; either
     way under the real file's name (the report labels a swept data set by it: ``+DPO (PAlt)``)."""
     real, root = _readable(file), _readable(images) if images else None
-    name = str(file).rsplit("/", 1)[-1] if file and "$" not in str(file).rsplit("/", 1)[-1] else ""
     if real is not None and real.is_file() and (root is not None or not images):
-        out = fixtures.head_file(real, n, inputs.root / tag / (name or f"head{real.suffix}"))
+        out = fixtures.head_file(real, n, inputs.root / tag / real.name)
         return str(out), str(root) if root else None
     made = inputs.make(tag, make)
-    stand_in = Path(made["file"])
-    if name and name != stand_in.name and Path(name).suffix == stand_in.suffix:
+    stand_in, name = Path(made["file"]), Path(str(file or "")).name  # "${VAR}" alone: no name
+    if "$" not in name and name != stand_in.name and Path(name).suffix == stand_in.suffix:
         stand_in = stand_in.replace(stand_in.with_name(name))
     return str(stand_in), made.get("images")
 

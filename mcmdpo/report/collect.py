@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.artifacts import content_hash, read_done, read_json
 from mcmdpo.handoff import MODEL_STAGES
+
+if TYPE_CHECKING:
+    from mcmdpo.report.funnel import Funnel
 
 SCORE_STAGE = "score"
 GLOBAL_SECTIONS = ("eval", "score")
@@ -89,8 +92,8 @@ class Collection:
     run_dirs: tuple[Path, ...]
     files: list[MetricsFile] = field(default_factory=list)
     training: list[TrainingLog] = field(default_factory=list)
-    funnels: list[Any] = field(default_factory=list)
-    """:class:`mcmdpo.report.funnel.Funnel` of every finished ``curate_split`` task."""
+    funnels: list[Funnel] = field(default_factory=list)
+    """The funnel of every finished ``curate_split`` task."""
 
     @property
     def runs(self) -> list[str]:
@@ -230,27 +233,39 @@ def _dedupe(files: list[MetricsFile]) -> list[MetricsFile]:
     return list(seen.values())
 
 
+def finished_tasks(
+    run_dir: Path, plan: Mapping[str, Any], keep: set[tuple[str, str]] | None, stage: str | None = None
+) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any], Path, dict[str, Any]]]:
+    """(stage, instance, task folder, DONE manifest) of every finished task of the plan, in plan
+    order; ``keep``: only these (stage, instance id); ``stage``: only that stage."""
+    for planned in plan["stages"]:
+        if stage is not None and planned["name"] != stage:
+            continue
+        for inst in planned["instances"]:
+            if keep is not None and (planned["name"], inst["instance_id"]) not in keep:
+                continue
+            for task in inst["tasks"]:
+                folder = run_dir / planned["name"] / task["task_id"]
+                done = read_done(folder / "DONE")
+                if done is not None:
+                    yield planned, inst, folder, done
+
+
 def _training_logs(
     run_dir: Path, plan: Mapping[str, Any], keep: set[tuple[str, str]] | None
 ) -> list[TrainingLog]:
     logs = []
-    for stage in plan["stages"]:
-        for inst in stage["instances"]:
-            if keep is not None and (stage["name"], inst["instance_id"]) not in keep:
-                continue
-            for task in inst["tasks"]:
-                folder = run_dir / stage["name"] / task["task_id"]
-                done = read_done(folder / "DONE")
-                if done is not None and "metrics.jsonl" in done.get("outputs", []):
-                    sections = relevant_sections(plan, stage["name"])
-                    logs.append(
-                        TrainingLog(
-                            run=str(plan.get("run_name", run_dir.name)),
-                            stage=stage["name"],
-                            task_id=task["task_id"],
-                            path=folder / "metrics.jsonl",
-                            spec=inst.get("spec", {}),
-                            point=restrict_point(inst.get("points", []), sections),
-                        )
-                    )
+    for stage, inst, folder, done in finished_tasks(run_dir, plan, keep):
+        if "metrics.jsonl" in done.get("outputs", []):
+            sections = relevant_sections(plan, stage["name"])
+            logs.append(
+                TrainingLog(
+                    run=str(plan.get("run_name", run_dir.name)),
+                    stage=stage["name"],
+                    task_id=folder.name,
+                    path=folder / "metrics.jsonl",
+                    spec=inst.get("spec", {}),
+                    point=restrict_point(inst.get("points", []), sections),
+                )
+            )
     return logs

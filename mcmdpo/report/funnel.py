@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcmdpo.artifacts import read_done
+from mcmdpo.report.collect import finished_tasks
 
 CURATE_SPLIT, FUNNEL_JSON = "curate_split", "funnel.json"
 FUNNEL_MD, FUNNEL_CSV = "funnel.md", "funnel.csv"
@@ -73,20 +73,12 @@ def collect_funnels(
     run_dir: Path, plan: Mapping[str, Any], keep: set[tuple[str, str]] | None = None
 ) -> list[Funnel]:
     """Funnels of the finished ``curate_split`` tasks of one run (``keep``: only these instances)."""
-    out = []
-    for stage in plan["stages"]:
-        if stage["name"] != CURATE_SPLIT:
-            continue
-        for inst in stage["instances"]:
-            if keep is not None and (stage["name"], inst["instance_id"]) not in keep:
-                continue
-            for task in inst["tasks"]:
-                folder = run_dir / CURATE_SPLIT / task["task_id"]
-                done = read_done(folder / "DONE")
-                if done is not None and FUNNEL_JSON in done.get("outputs", []):
-                    doc = _read(folder / FUNNEL_JSON)
-                    out.append(Funnel(str(plan.get("run_name", run_dir.name)), task["task_id"], folder, doc))
-    return out
+    run = str(plan.get("run_name", run_dir.name))
+    return [
+        Funnel(run, folder.name, folder / FUNNEL_JSON, _read(folder / FUNNEL_JSON))
+        for _, _, folder, done in finished_tasks(run_dir, plan, keep, CURATE_SPLIT)
+        if FUNNEL_JSON in done.get("outputs", [])
+    ]
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -104,18 +104,10 @@ class TrainData:
 
     mode: str
     make_source: Callable[[Any], Any]
-    check: Callable[[Any], None] = lambda processor: None
-    lengths: Callable[[int, str], list[int]] | None = None
+    lengths: Callable[[int, str], list[int]]
     """``lengths(n, stage)``: upstream's modality lengths of the first ``n`` samples, for
-    ``data_order = "length_grouped"`` (None: that order is not available for this data)."""
-
-    def sample_lengths(self, n: int, stage: str) -> list[int]:
-        if self.lengths is None:
-            raise ConfigError(
-                f"{stage}.data_order = 'length_grouped' is not available for this data",
-                field=f"{stage}.data_order",
-            )
-        return self.lengths(n, stage)
+    ``data_order = "length_grouped"``."""
+    check: Callable[[Any], None] = lambda processor: None
 
 
 def run_training(
@@ -150,7 +142,7 @@ def setup(
     source = data.make_source(policy.processor)
     objective = build_objective(source, policy.model, policy.processor)
     n = min(len(source), spec.max_samples or len(source))
-    lengths = data.sample_lengths(n, ctx.stage) if spec.data_order == "length_grouped" else None
+    lengths = data.lengths(n, ctx.stage) if spec.data_order == "length_grouped" else None
     order = DataOrder(n, layout, seed, lengths)
     objective.prepare(range(order.num_samples))
     total = min(order.steps_per_epoch * spec.epochs, spec.max_steps or 2**62)
@@ -166,10 +158,10 @@ def preference_data(ctx: TaskContext) -> TrainData:
     return TrainData(
         mode,
         lambda processor: SampleSource(shards, processor, mode),
+        lambda n, stage: sample_lengths(shards.text_column, n, stage),
         lambda processor: check_geometry(
             processor, reader.attrs.get("patch_shape"), reader.path, "the training model"
         ),
-        lambda n, stage: sample_lengths(shards.text_column, n, stage),
     )
 
 
@@ -188,7 +180,7 @@ def conversation_data(ctx: TaskContext) -> TrainData:
     return TrainData(
         mode,
         lambda processor: ConversationSource(shards, processor, mode),
-        lengths=lambda n, stage: conversation_lengths(shards.text_column("conversations")[:n]),
+        lambda n, stage: conversation_lengths(shards.text_column("conversations")[:n]),
     )
 
 
