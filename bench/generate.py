@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
-from mcmdpo.benchmarks import Item
-from mcmdpo.generate import GenerationConfig, load_generator
-from mcmdpo.model import build_tiny_llava
+from mcmdpo.evaluation.benchmarks import Item
+from mcmdpo.evaluation.generate import GenerationConfig, load_generator
+from mcmdpo.method.model import build_tiny_llava
 
 QUESTION = "Given an image and context, generate alt-text for the image.\nContext:\n{post}"
 POSTS = ["Our new sign is finally up!", "Counting practice: how many stars?", "Minimal art for the hall."]

@@ -287,7 +287,7 @@ def part_train(suite: Suite) -> dict[str, Any]:
 
 
 def part_vllm(suite: Suite) -> dict[str, Any]:
-    from mcmdpo.vllm_engine import vllm_unavailable_reason
+    from mcmdpo.evaluation.vllm_engine import vllm_unavailable_reason
 
     reason = vllm_unavailable_reason()
     if reason is not None:

@@ -46,9 +46,9 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from mcmdpo.logprobs import PreferenceTokens, naive_logprobs, sequence_logprobs, shared_logprobs
-from mcmdpo.losses import CONDITIONS, TERMS, LossResult, dpo_loss, mcmdpo_loss
-from mcmdpo.model import build_tiny_llava, load_llava
+from mcmdpo.method.logprobs import PreferenceTokens, naive_logprobs, sequence_logprobs, shared_logprobs
+from mcmdpo.method.losses import CONDITIONS, TERMS, LossResult, dpo_loss, mcmdpo_loss
+from mcmdpo.method.model import build_tiny_llava, load_llava
 
 PREFIX, IMAGE_SIDE, PATCH, CONTEXT, ANSWER = 35, 336, 14, 100, 20
 IMAGE_TOKENS = (IMAGE_SIDE // PATCH) ** 2

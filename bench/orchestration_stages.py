@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from mcmdpo.artifacts import write_json_atomic
-from mcmdpo.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.batch.artifacts import write_json_atomic
+from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
 
 
 class NoopSpec(StageSpec):

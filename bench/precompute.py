@@ -32,11 +32,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcmdpo.data import demo  # noqa: E402
-from mcmdpo.data.images import ImagePreprocessor, default_processor, load_image  # noqa: E402
-from mcmdpo.data.records import load_records, resolve_image  # noqa: E402
-from mcmdpo.data.shards import PreferenceShards  # noqa: E402
-from mcmdpo.stage import TaskContext  # noqa: E402
+from mcmdpo.batch.stage import TaskContext  # noqa: E402
+from mcmdpo.method.data import demo  # noqa: E402
+from mcmdpo.method.data.images import ImagePreprocessor, default_processor, load_image  # noqa: E402
+from mcmdpo.method.data.records import load_records, resolve_image  # noqa: E402
+from mcmdpo.method.data.shards import PreferenceShards  # noqa: E402
 from mcmdpo.stages.precompute import PrecomputeSpec, run_precompute  # noqa: E402
 
 

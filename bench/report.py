@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from mcmdpo.artifacts import write_done, write_json_atomic
-from mcmdpo.plan import Plan, PlannedInstance, PlannedStage, PlannedTask
+from mcmdpo.batch.artifacts import write_done, write_json_atomic
+from mcmdpo.batch.plan import Plan, PlannedInstance, PlannedStage, PlannedTask
 
 BENCHMARKS = {"palt": "altext", "talt": "altext", "objhal": "objhal", "amber": "amber", "mmhal": "mmhal"}
 AMBER_KEYS = ("chair", "safe_cover", "hallu_cover", "non_hallu")

@@ -4,14 +4,15 @@
 (``/work/shared/data/altext-samples`` when present, else built-in sentences) with perturbed
 responses. Measured side by side:
 
-- ``mcmdpo``: ``mcmdpo.metrics.altext.score_file(..., ["paper", "coco"])`` in a fresh Python process,
+- ``mcmdpo``: ``mcmdpo.evaluation.metrics.altext.score_file(..., ["paper", "coco"])`` in a fresh Python
+  process,
   wall time including interpreter and library imports, WordNet loading and the Java start-ups (PTB
   tokenizer, METEOR 1.5); the Java tools run while the paper metrics are computed;
 - ``pycocoevalcap``: the coco protocol alone through pycocoevalcap's own classes as
   ``COCOEvalCap`` drives them (two tokenizer runs, one METEOR round trip per item), in-process.
 
 The paper protocol needs WordNet: ``--nltk-data DIR`` (or NLTK's search path); without it the script
-builds one from Debian's ``/usr/share/wordnet`` (``mcmdpo.assets.install_wordnet``). Without NLTK's
+builds one from Debian's ``/usr/share/wordnet`` (``mcmdpo.evaluation.assets.install_wordnet``). Without NLTK's
 punkt data the ``treebank`` tokenizer is used (printed). The last line is one JSON object.
 
 Run: ``python bench/score.py`` (about a minute on 2 cores).
@@ -64,8 +65,8 @@ def build_predictions(path: Path, n: int) -> None:
 
 def nltk_setup(given: str | None, tmp: Path) -> tuple[str, str]:
     """(NLTK data dir with WordNet, tokenizer mode)."""
-    from mcmdpo.assets import install_wordnet
-    from mcmdpo.metrics import nlp
+    from mcmdpo.evaluation.assets import install_wordnet
+    from mcmdpo.evaluation.metrics import nlp
 
     data = given
     if data is None:
@@ -82,7 +83,7 @@ def nltk_setup(given: str | None, tmp: Path) -> tuple[str, str]:
 
 def run_ours(pred: Path, out: Path, data: str, tokenizer: str) -> float:
     code = (
-        "from mcmdpo.metrics import altext, nlp; "
+        "from mcmdpo.evaluation.metrics import altext, nlp; "
         f"altext.score_file({str(pred)!r}, ['paper', 'coco'], {str(out)!r}, "
         f"nlp.NltkSpec(tokenizer={tokenizer!r}, data_dirs=({data!r},) if {data!r} else ()))"
     )
@@ -98,7 +99,7 @@ def run_pycocoevalcap(pred: Path) -> tuple[float, dict[str, float]]:
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    from mcmdpo.metrics.altext import strip_assistant
+    from mcmdpo.evaluation.metrics.altext import strip_assistant
 
     records = [json.loads(line) for line in pred.read_text().splitlines()]
     started = time.perf_counter()

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.precompute import bench_full, make_images  # noqa: E402
-from mcmdpo.data.sft_shards import SftShards, SftShardWriter, SftSource, build_sft_shard  # noqa: E402
+from mcmdpo.method.data.sft_shards import SftShards, SftShardWriter, SftSource, build_sft_shard  # noqa: E402
 
 SFT_SET = 202_793  # PAlt 101,715 + TAlt 101,078 (paper Table 1)
 SIDE = 336
@@ -44,8 +44,8 @@ def build(train: Path, images: Path, out: Path, store: str) -> tuple[SftShards, 
 
 def tiny_processor(folder: Path):  # noqa: ANN201 - a transformers processor
     """A processor with LLaVA-1.6's 336 crop (tiny weights: only the processor is used)."""
-    from mcmdpo.model import build_tiny_llava
-    from mcmdpo.model.load import load_llava
+    from mcmdpo.method.model import build_tiny_llava
+    from mcmdpo.method.model.load import load_llava
 
     path = build_tiny_llava(folder, ["a scene with shapes"], image_size=SIDE, patch_size=14, hidden_size=32)
     return load_llava(path)
@@ -60,9 +60,9 @@ def per_worker(source, indices) -> float:  # noqa: ANN001
 
 def loader_rate(source, image_token_id: int, workers: int) -> float:  # noqa: ANN001
     """Samples/s through the trainer's WorkerLoader (micro-batches of 4, one step at a time)."""
-    from mcmdpo.train.batches import DataOrder, WorkerLoader
-    from mcmdpo.train.objectives import SftObjective
-    from mcmdpo.train.spec import BatchLayout
+    from mcmdpo.method.train.batches import DataOrder, WorkerLoader
+    from mcmdpo.method.train.objectives import SftObjective
+    from mcmdpo.method.train.spec import BatchLayout
 
     objective = SftObjective(source, 4096, 0, image_token_id)
     order = DataOrder(len(source), BatchLayout(4, 4, 1, 1), seed=0)
@@ -93,8 +93,8 @@ def main() -> None:
         _, _, pre = bench_full(train, images, root / "pre", 1, "diffusion")
         pre_bytes = sum(p.stat().st_size for p in pre) / args.n
         model, processor = tiny_processor(root / "model")
-        from mcmdpo.data.shards import PreferenceShards
-        from mcmdpo.samples import ConversationSource, SampleSource
+        from mcmdpo.method.data.shards import PreferenceShards
+        from mcmdpo.method.samples import ConversationSource, SampleSource
 
         source = ConversationSource(shards, processor, "pad")
         per_worker(source, range(4))  # warm-up

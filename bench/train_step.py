@@ -34,9 +34,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mcmdpo.launch import submit  # noqa: E402
-from mcmdpo.plan import build_plan  # noqa: E402
-from mcmdpo.recipe import load_recipe  # noqa: E402
+from mcmdpo.batch.launch import submit  # noqa: E402
+from mcmdpo.batch.plan import build_plan  # noqa: E402
+from mcmdpo.batch.recipe import load_recipe  # noqa: E402
 
 BASE = """\
 [run]
@@ -126,11 +126,16 @@ def data_cost(run_dir: Path, stage: str, steps: int) -> float:
     import numpy as np
     from transformers.utils import logging as hf_logging
 
-    from mcmdpo.data.reference_logprobs import ReferenceLogprobs
-    from mcmdpo.data.shards import PreferenceShards
-    from mcmdpo.model import load_llava
-    from mcmdpo.train.objectives import OfflineReference, PreferenceObjective, SampleSource, SftObjective
-    from mcmdpo.train.spec import LossSpec
+    from mcmdpo.method.data.reference_logprobs import ReferenceLogprobs
+    from mcmdpo.method.data.shards import PreferenceShards
+    from mcmdpo.method.model import load_llava
+    from mcmdpo.method.train.objectives import (
+        OfflineReference,
+        PreferenceObjective,
+        SampleSource,
+        SftObjective,
+    )
+    from mcmdpo.method.train.spec import LossSpec
 
     hf_logging.disable_progress_bar()
     shards = PreferenceShards(sorted(run_dir.glob("precompute/*/*.h5")))

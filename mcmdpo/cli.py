@@ -49,7 +49,7 @@ ProtocolOpt = Annotated[list[str], typer.Option(help="paper and/or coco (repeat 
 
 
 def _load(recipe: Path, overrides: list[str]):  # noqa: ANN202 - Recipe, imported lazily
-    from mcmdpo.recipe import load_recipe
+    from mcmdpo.batch.recipe import load_recipe
 
     return load_recipe(recipe, overrides)  # a RecipeError is printed by main(): one line per problem
 
@@ -78,8 +78,8 @@ def submit(
     ] = False,
 ) -> None:
     """Plan the recipe and submit every task that is not done yet (re-run it any time to resume)."""
-    from mcmdpo import display
-    from mcmdpo.launch import submit as submit_plan
+    from mcmdpo.batch import display
+    from mcmdpo.batch.launch import submit as submit_plan
 
     if as_json and not dry_run:
         raise typer.BadParameter("--json needs --dry-run")
@@ -109,8 +109,8 @@ def _stages(text: str) -> list[str]:
 
 def _finish(report, smoke: bool = False) -> None:  # noqa: ANN001 - SubmitReport, imported lazily
     """The real counts, the results table (when scores exist), and the exit code."""
-    from mcmdpo import display
-    from mcmdpo.status import run_status
+    from mcmdpo.batch import display
+    from mcmdpo.batch.status import run_status
 
     result = run_status(report.plan.run_dir)
     out.print(display.status_table(result))
@@ -120,7 +120,7 @@ def _finish(report, smoke: bool = False) -> None:  # noqa: ANN001 - SubmitReport
     if table is not None:
         out.print(table)
     if smoke and report.ok:
-        from mcmdpo.smoke import report_markdown
+        from mcmdpo.smoke.standins import report_markdown
 
         sys.stdout.write(report_markdown(report.plan) or "(no [report] stage in this recipe)\n")
     out.print(Text(f"run dir: {report.plan.run_dir}   (mcmdpo status {report.plan.run_dir})"))
@@ -147,8 +147,8 @@ def status(
 
     Exits 1 when a task failed.
     """
-    from mcmdpo import display
-    from mcmdpo.status import run_status
+    from mcmdpo.batch import display
+    from mcmdpo.batch.status import run_status
 
     result = run_status(run_dir, all_plans=all_plans)
     failed = sum(s["failed"] for s in result["stages"])
@@ -182,8 +182,8 @@ def runs(
     root: Annotated[Path, typer.Argument(help="folder holding run dirs (default: runs)")] = Path("runs"),
 ) -> None:
     """Every run dir below ROOT with its task counts and last submission."""
-    from mcmdpo import display
-    from mcmdpo.status import list_runs
+    from mcmdpo.batch import display
+    from mcmdpo.batch.status import list_runs
 
     out.print(display.runs_table(list_runs(root)))
 
@@ -191,7 +191,7 @@ def runs(
 @app.command()
 def cancel(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
     """Stop a run: scancel its SLURM jobs, or interrupt its local submission and tasks."""
-    from mcmdpo.launch import cancel as cancel_run
+    from mcmdpo.batch.launch import cancel as cancel_run
 
     for line in cancel_run(run_dir) or ["nothing to stop: no task of this run is queued or running"]:
         out.print(Text(line))
@@ -200,7 +200,7 @@ def cancel(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> 
 @app.command()
 def verify(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
     """Check every finished task's outputs against the sizes and sha256 recorded in its DONE."""
-    from mcmdpo.recovery import verify_run
+    from mcmdpo.batch.recovery import verify_run
 
     checked, problems = verify_run(run_dir)
     for line in problems:
@@ -218,7 +218,7 @@ def clean(
     latest: Annotated[bool, typer.Option("--latest", help="keep only the current plan's tasks")] = False,
 ) -> None:
     """Task folders no plan of the run refers to, and outputs set aside by --rerun (dry by default)."""
-    from mcmdpo.recovery import clean_run
+    from mcmdpo.batch.recovery import clean_run
 
     found = clean_run(run_dir, delete=yes, latest_only=latest)
     for path in found:
@@ -254,8 +254,8 @@ def score(
     ] = None,  # type: ignore[assignment]
 ) -> None:
     """Score an alt-text predictions file standalone (per-sample scores go next to the metrics)."""
-    from mcmdpo.metrics.altext import score_file
-    from mcmdpo.metrics.nlp import NltkSpec
+    from mcmdpo.evaluation.metrics.altext import score_file
+    from mcmdpo.evaluation.metrics.nlp import NltkSpec
 
     text = NltkSpec(
         data_dirs=tuple(str(d) for d in nltk_data or ()), tokenizer=tokenizer.value, tagger=tagger.value
@@ -318,7 +318,8 @@ def assets_check(
     checksums: Annotated[bool, typer.Option(help="also hash files with known checksums")] = False,
 ) -> None:
     """List every resource the recipe's benchmarks need, where it is looked for, and how to get it."""
-    from mcmdpo.assets import check_recipe, format_assets
+    from mcmdpo.evaluation.assets import format_assets
+    from mcmdpo.evaluation.readiness import check_recipe
 
     statuses = check_recipe(_load(recipe, set_ or []), checksums=checksums)
     sys.stdout.write(format_assets(statuses) + "\n")
@@ -332,8 +333,8 @@ def _loaded(recipe: Path, overrides: list[str], smoke: bool, dry_run: bool):  # 
     if not smoke:
         yield _load(recipe, overrides)
         return
-    from mcmdpo.recipe import RecipeError
-    from mcmdpo.smoke import smoke_session
+    from mcmdpo.batch.recipe import RecipeError
+    from mcmdpo.smoke.standins import smoke_session
 
     try:
         with smoke_session(recipe, overrides, dry_run) as loaded:
@@ -343,13 +344,13 @@ def _loaded(recipe: Path, overrides: list[str], smoke: bool, dry_run: bool):  # 
 
 
 def _print_dry_run(report, loaded, as_json: bool) -> None:  # noqa: ANN001
-    from mcmdpo.cost import estimate_cost, with_cost
+    from mcmdpo.smoke.cost import estimate_cost, with_cost
 
     estimate = estimate_cost(report.plan, loaded.profile)
     if as_json:
         sys.stdout.write(json.dumps(with_cost(report.plan.to_json(), estimate), indent=2) + "\n")
         return
-    from mcmdpo import display
+    from mcmdpo.batch import display
 
     out.print(display.plan_table(report, estimate.stages))
     total = "unknown" if estimate.total is None else f"{estimate.total:,.1f}"
@@ -361,8 +362,8 @@ def _print_dry_run(report, loaded, as_json: bool) -> None:  # noqa: ANN001
 
 def main() -> None:
     """The console script: user errors become one line on stderr (exit 2) unless ``--debug``."""
-    from mcmdpo.errors import McmdpoError
-    from mcmdpo.recipe import RecipeError
+    from mcmdpo.batch.errors import McmdpoError
+    from mcmdpo.batch.recipe import RecipeError
 
     try:
         app()

@@ -37,9 +37,9 @@ from typing import Any, TypeVar
 
 from pydantic import Field
 
-from mcmdpo.artifacts import canonical_json, content_hash
-from mcmdpo.errors import McmdpoError
-from mcmdpo.spec import EnvStr, Spec
+from mcmdpo.batch.artifacts import canonical_json, content_hash
+from mcmdpo.batch.errors import McmdpoError
+from mcmdpo.batch.spec import EnvStr, Spec
 
 log = logging.getLogger(__name__)
 

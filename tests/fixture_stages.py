@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from mcmdpo.artifacts import read_json, write_json_atomic
-from mcmdpo.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.batch.artifacts import read_json, write_json_atomic
+from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
 
 
 class CountSpec(StageSpec):

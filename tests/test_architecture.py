@@ -1,9 +1,15 @@
 """The house rules of the package, read from the source with ``ast`` (no imports run).
 
+- Layers: every module belongs to one wing (``batch/`` the framework, ``method/``, ``evaluation/``,
+  ``curate/``, ``report/``, ``smoke/``, ``handoff``, ``llm``, ``stages/``, the CLI) and imports only
+  the wings below it (:data:`ALLOWED`); ``batch/`` imports nothing outside itself. Every import counts:
+  module level, inside functions and under ``TYPE_CHECKING``.
+- No import circles between modules.
 - Stages hand off through the library: no stage module imports another stage module, and nothing in
-  ``mcmdpo/`` outside ``stages/`` imports a stage module (``mcmdpo.stage.load_plugins`` imports the
-  ``mcmdpo.stages`` package by name; ``stages/__init__.py`` imports the stages for the registry).
+  ``mcmdpo/`` outside ``stages/`` imports a stage module (the framework loads ``mcmdpo.stages`` through
+  its entry point; ``stages/__init__.py`` imports the stages for the registry).
 - Functions stay short (<= 60 lines) and stage files thin (<= 150 lines).
+- The top level stays small (:data:`TOP_LEVEL`).
 """
 
 from __future__ import annotations
@@ -60,10 +66,158 @@ def test_the_import_check_finds_stage_imports():
     # the rule must be able to fail: what a stage-to-stage import looks like, in every spelling
     source = (
         "from mcmdpo.stages.model import ModelSpec\nfrom .data import DataSpec\n"
-        "import mcmdpo.stages.eval\nfrom mcmdpo.stages import score\nfrom mcmdpo.stage import Stage\n"
+        "import mcmdpo.stages.eval\nfrom mcmdpo.stages import score\nfrom mcmdpo.batch.stage import Stage\n"
     )
     found = stage_imports(source, "fake.py", "mcmdpo.stages")
     assert [f.split(": imports ")[0] for f in found] == ["fake.py:1", "fake.py:2", "fake.py:3", "fake.py:4"]
+
+
+TOP_LEVEL = {
+    "__init__.py",
+    "__main__.py",
+    "cli.py",
+    "handoff.py",
+    "llm.py",
+    "py.typed",
+    "batch",
+    "method",
+    "evaluation",
+    "curate",
+    "report",
+    "smoke",
+    "stages",
+}
+ALLOWED: dict[str, set[str]] = {
+    "root": set(),  # mcmdpo/__init__.py: the version
+    "batch": set(),
+    "llm": {"batch"},
+    "method": {"batch", "root"},
+    "evaluation": {"batch", "llm", "method"},
+    "curate": {"batch", "llm", "method", "evaluation"},
+    "handoff": {"batch", "method", "evaluation", "curate"},
+    "report": {"batch", "method", "evaluation", "curate", "handoff"},
+    "smoke": {"batch", "method", "evaluation", "curate"},
+    "stages": {"root", "batch", "llm", "method", "evaluation", "curate", "handoff", "report", "smoke"},
+    "cli": {"root", "batch", "llm", "method", "evaluation", "curate", "handoff", "report", "smoke"},
+}
+"""Wing -> the wings it may import (``stages`` is loaded by the framework through its entry point)."""
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def wing(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "root"
+    return "cli" if parts[1] in ("cli", "__main__") else parts[1]
+
+
+def import_graph(sources: dict[str, tuple[str, bool]]) -> dict[str, dict[str, int]]:
+    """module -> {imported package module: line} from ``sources`` (module -> (source, is package));
+    ``from a import b`` counts as importing ``a.b`` where that is a module, else ``a``."""
+    graph: dict[str, dict[str, int]] = {}
+    for module, (source, is_package) in sources.items():
+        package = module if is_package else module.rpartition(".")[0]
+        edges = graph.setdefault(module, {})
+        for line, names in imported_modules(source, package + ".x"):
+            base, *members = names
+            hits = [m for m in members if m in sources] or [base]
+            for name in hits:
+                while name and name not in sources:
+                    name = name.rpartition(".")[0]
+                if name and name != module:
+                    edges.setdefault(name, line)
+    return graph
+
+
+def package_sources(root: Path = PACKAGE) -> dict[str, tuple[str, bool]]:
+    return {module_name(p): (p.read_text(), p.name == "__init__.py") for p in sorted(root.rglob("*.py"))}
+
+
+def layer_violations(graph: dict[str, dict[str, int]]) -> list[str]:
+    out = []
+    for module, edges in sorted(graph.items()):
+        for target, line in sorted(edges.items()):
+            here, there = wing(module), wing(target)
+            if here != there and there not in ALLOWED[here]:
+                out.append(f"{module}:{line} imports {target} ({here} may import {sorted(ALLOWED[here])})")
+    return out
+
+
+def circles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph.get(start, {}))))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    work.append((child, iter(sorted(graph.get(child, {})))))
+                elif child in stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_every_wing_imports_only_the_wings_below_it():
+    graph = import_graph(package_sources())
+    assert {wing(m) for m in graph} <= set(ALLOWED), "a module outside every wing: add it to ALLOWED"
+    assert layer_violations(graph) == [], "\n".join(layer_violations(graph))
+
+
+def test_no_import_circles():
+    found = circles(import_graph(package_sources()))
+    assert found == [], "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_the_top_level_stays_small():
+    entries = {p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"}
+    assert entries == TOP_LEVEL
+
+
+def test_the_layer_and_circle_checks_can_fail():
+    sources = {
+        "mcmdpo": ("", True),
+        "mcmdpo.batch": ("", True),
+        "mcmdpo.batch.plan": ("def f():\n    from mcmdpo.method import losses\n", False),
+        "mcmdpo.method": ("", True),
+        "mcmdpo.method.losses": ("from mcmdpo.method import tree\n", False),
+        "mcmdpo.method.tree": (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from mcmdpo.method.losses import X\n",
+            False,
+        ),
+    }
+    graph = import_graph(sources)
+    assert layer_violations(graph) == [
+        "mcmdpo.batch.plan:2 imports mcmdpo.method.losses (batch may import [])"
+    ]
+    assert circles(graph) == [["mcmdpo.method.losses", "mcmdpo.method.tree"]]
 
 
 def test_functions_are_short_and_stage_files_thin():

@@ -1,7 +1,8 @@
 """`mcmdpo assets check`: every external resource of the recipe's benchmarks, present or how to get it.
 
 Also home of :func:`wordnet_data`, the NLTK WordNet folder the metric tests share: built with
-:func:`mcmdpo.assets.install_wordnet` from Debian's ``wordnet-base`` + ``wordnet-sense-index`` files
+:func:`mcmdpo.evaluation.assets.install_wordnet` from Debian's ``wordnet-base`` +
+``wordnet-sense-index`` files
 (``/usr/share/wordnet``, or ``$MCMDPO_WORDNET_SOURCE``), or an NLTK WordNet already installed.
 """
 
@@ -13,15 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mcmdpo.assets import (
-    WORDNET_FILES,
-    AssetsMissing,
-    check_recipe,
-    format_assets,
-    install_wordnet,
-    require_assets,
-)
-from mcmdpo.recipe import load_recipe
+from mcmdpo.batch.recipe import load_recipe
+from mcmdpo.evaluation.assets import WORDNET_FILES, AssetsMissing, format_assets, install_wordnet
+from mcmdpo.evaluation.readiness import check_recipe, require_assets
 
 WORDNET_SOURCE = Path(os.environ.get("MCMDPO_WORDNET_SOURCE", "/usr/share/wordnet"))
 
@@ -34,7 +29,7 @@ def wordnet_data(tmp_path_factory: pytest.TempPathFactory) -> str:
     if all((WORDNET_SOURCE / f).is_file() for f in WORDNET_FILES):
         install_wordnet(WORDNET_SOURCE, base)
         return str(base)
-    from mcmdpo.metrics import nlp
+    from mcmdpo.evaluation.metrics import nlp
 
     found = nlp.find_resource(nlp.WORDNET)
     if found:  # an NLTK WordNet is installed already: use NLTK's own search path
@@ -77,7 +72,7 @@ def test_install_wordnet_fixes_crlf_and_writes_lexnames(tmp_path, nltk_data):
 def test_wordnet_built_offline_loads_in_nltk(nltk_data):
     from nltk.stem import WordNetLemmatizer
 
-    from mcmdpo.metrics import nlp
+    from mcmdpo.evaluation.metrics import nlp
 
     nlp.use_data_dirs([nltk_data])
     assert nlp.find_resource(nlp.WORDNET) is not None
@@ -148,7 +143,7 @@ def test_check_recipe_lists_every_resource_and_how_to_get_it(tmp_path, nltk_data
 
 
 def test_missing_nltk_data_names_the_downloader_and_the_fallback(tmp_path):
-    from mcmdpo.metrics import nlp
+    from mcmdpo.evaluation.metrics import nlp
 
     if nlp.find_resource(nlp.PUNKT) is not None:
         pytest.skip("punkt_tab is installed here: the missing-data message cannot be shown")

@@ -23,7 +23,7 @@ from mcmdpo.curate.pipeline import split_of
 from mcmdpo.curate.raw import count_raw, read_shard, shard_range
 from mcmdpo.curate.scan import Scanner, write_scan
 from mcmdpo.curate.spec import CurateSpec, SplitSpec
-from mcmdpo.data.records import BadRecord
+from mcmdpo.method.data.records import BadRecord
 from tests import curate_fixtures as fx
 
 
@@ -225,8 +225,8 @@ def test_reply_cache_shared_by_processes_torn_lines_ignored(tmp_path):
 
 
 def test_curate_recipe_validates_with_defaults_and_clear_errors(write_recipe, tmp_path):
-    from mcmdpo.plan import build_plan
-    from mcmdpo.recipe import RecipeError, load_recipe
+    from mcmdpo.batch.plan import build_plan
+    from mcmdpo.batch.recipe import RecipeError, load_recipe
 
     body = f"""
         [run]

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from mcmdpo.artifacts import read_done, read_events
-from mcmdpo.launch import submit
-from mcmdpo.recipe import load_recipe
+from mcmdpo.batch.artifacts import read_done, read_events
+from mcmdpo.batch.launch import submit
+from mcmdpo.batch.recipe import load_recipe
 from tests import curate_fixtures as fx
 from tests.test_judge import JudgeServer
 

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from mcmdpo.launch import submit
-from mcmdpo.plan import build_plan
-from mcmdpo.recipe import load_recipe
+from mcmdpo.batch.launch import submit
+from mcmdpo.batch.plan import build_plan
+from mcmdpo.batch.recipe import load_recipe
 from tests import curate_fixtures as fx
 from tests.test_assets import nltk_data  # noqa: F401 - session fixture
 from tests.test_judge import JudgeServer

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcmdpo.benchmarks import Item, read_items, shard_items
-from mcmdpo.generate import GenerationConfig, load_generator
-from mcmdpo.launch import submit
-from mcmdpo.recipe import load_recipe
-from mcmdpo.stage import TaskContext, TaskInput
+from mcmdpo.batch.launch import submit
+from mcmdpo.batch.recipe import load_recipe
+from mcmdpo.batch.stage import TaskContext, TaskInput
+from mcmdpo.evaluation.benchmarks import Item, read_items, shard_items
+from mcmdpo.evaluation.generate import GenerationConfig, load_generator
 from mcmdpo.stages.eval import EvalSpec, eval_tasks, run_eval
 from mcmdpo.stages.score import ScoreSpec, score_tasks
 from tests.test_assets import nltk_data  # noqa: F401 - session fixture
@@ -35,7 +35,7 @@ QUESTIONS = [
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model in a folder laid out like a finished ``model`` task (``<task>/model``)."""
-    from mcmdpo.model import build_tiny_llava
+    from mcmdpo.method.model import build_tiny_llava
 
     task = tmp_path_factory.mktemp("model_task")
     build_tiny_llava(task / "model", [*QUESTIONS, "a red bus on a sunny day"], seed=3)
@@ -355,7 +355,7 @@ def test_pipeline_hallucination_benchmarks(tmp_path, nltk_data, monkeypatch):  #
 
 
 def mmhal_types() -> tuple[str, ...]:
-    from mcmdpo.metrics.mmhal import QUESTION_TYPES
+    from mcmdpo.evaluation.metrics.mmhal import QUESTION_TYPES
 
     return QUESTION_TYPES
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mcmdpo import fixtures
-from mcmdpo.data.records import load_records
-from mcmdpo.losses import PreferenceLoss
-from mcmdpo.train.spec import LossSpec
+from mcmdpo.method.data.records import load_records
+from mcmdpo.method.losses import PreferenceLoss
+from mcmdpo.method.train.spec import LossSpec
+from mcmdpo.smoke import fixtures
 
 HALLUCINATION = ("mw_cw_yw", "mw_cw_yl", "ml_cw_yw", "ml_cw_yl")
 
@@ -57,15 +57,15 @@ def test_the_variant_loss_is_the_three_terms_by_hand():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory):
-    from mcmdpo.model import build_tiny_llava
-    from mcmdpo.model.load import load_llava
+    from mcmdpo.method.model import build_tiny_llava
+    from mcmdpo.method.model.load import load_llava
 
     path = build_tiny_llava(tmp_path_factory.mktemp("m") / "m", ["a dog on grass", "Describe this image."])
     return load_llava(path, dtype=torch.float32)
 
 
 def samples(processor, n: int):
-    from mcmdpo.logprobs import build_preference_tokens
+    from mcmdpo.method.logprobs import build_preference_tokens
 
     out = []
     for i in range(n):
@@ -78,7 +78,7 @@ def samples(processor, n: int):
 
 
 def test_engines_compute_four_sequences_for_the_variant(tiny, monkeypatch):
-    import mcmdpo.logprobs as logprobs
+    import mcmdpo.method.logprobs as logprobs
 
     model, processor = tiny
     batch = samples(processor, 3)

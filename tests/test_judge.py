@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from mcmdpo import fixtures
-from mcmdpo.fixtures import LocalServer
-from mcmdpo.metrics import mmhal
-from mcmdpo.metrics.judge import JudgeClient, JudgeError, JudgeSpec
+from mcmdpo.evaluation.metrics import mmhal
+from mcmdpo.evaluation.metrics.judge import JudgeClient, JudgeError, JudgeSpec
+from mcmdpo.smoke import fixtures
+from mcmdpo.smoke.fixtures import LocalServer
 
 Reply = tuple[int, dict[str, str], Any, float]  # status, headers, JSON body (or raw bytes), delay s
 
@@ -242,7 +242,7 @@ def test_mmhal_bad_record_is_named():
 def test_mmhal_files_template_with_folder_or_jsonl_with_base64(tmp_path):
     import base64
 
-    from mcmdpo.benchmarks import read_items
+    from mcmdpo.evaluation.benchmarks import read_items
 
     records = mmhal_records(1)
     for r in records:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mcmdpo.artifacts import read_events
-from mcmdpo.launch import submit
-from mcmdpo.recipe import load_recipe
-from mcmdpo.status import run_status
+from mcmdpo.batch.artifacts import read_events
+from mcmdpo.batch.launch import submit
+from mcmdpo.batch.recipe import load_recipe
+from mcmdpo.batch.status import run_status
 from tests.test_recipe import BASE
 
 
@@ -138,7 +138,7 @@ def test_cli_commands(write_recipe, tmp_path):
 
 
 def test_status_does_not_import_torch(write_recipe, tmp_path):
-    code = "import sys, mcmdpo.cli, mcmdpo.status, mcmdpo.launch; print('torch' in sys.modules)"
+    code = "import sys, mcmdpo.cli, mcmdpo.batch.status, mcmdpo.batch.launch; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

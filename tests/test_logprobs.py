@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mcmdpo.logprobs import (
+from mcmdpo.method.logprobs import (
     PreferenceTokens,
     build_preference_tokens,
     build_tree_row,
@@ -20,8 +20,8 @@ from mcmdpo.logprobs import (
     shared_logprobs,
     tree_attention_mask,
 )
-from mcmdpo.losses import CONDITIONS
-from mcmdpo.model import build_tiny_llava, encode_images, image_encoder_outputs, load_llava
+from mcmdpo.method.losses import CONDITIONS
+from mcmdpo.method.model import build_tiny_llava, encode_images, image_encoder_outputs, load_llava
 
 TEXTS = [
     "Given an image and context, generate alt-text for the image.\nContext:\nA sunny day at the beach.",

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from mcmdpo.losses import CONDITIONS, TERMS, dpo_loss, mcmdpo_loss, mdpo_loss, resolve_weights
+from mcmdpo.method.losses import CONDITIONS, TERMS, dpo_loss, mcmdpo_loss, mdpo_loss, resolve_weights
 
 BETA = 0.1
 B = 4

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mcmdpo.metrics import altext, nlp
+from mcmdpo.evaluation.metrics import altext, nlp
 from tests.test_assets import nltk_data  # noqa: F401 - session fixture
 
 SAMPLES = Path("/work/shared/data/altext-samples")

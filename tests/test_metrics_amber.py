@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mcmdpo.benchmarks import read_items
-from mcmdpo.metrics import amber, nlp
+from mcmdpo.evaluation.benchmarks import read_items
+from mcmdpo.evaluation.metrics import amber, nlp
 from tests.test_assets import nltk_data  # noqa: F401 - session fixture
 
 RELATION = {

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from mcmdpo.benchmarks import read_items
-from mcmdpo.metrics import chair, nlp
+from mcmdpo.evaluation.benchmarks import read_items
+from mcmdpo.evaluation.metrics import chair, nlp
 from tests.test_assets import nltk_data  # noqa: F401 - session fixture
 from tests.test_judge import JudgeServer, client, completion
 

@@ -6,8 +6,13 @@ import json
 
 import pytest
 
-from mcmdpo.metrics.predictions import PredictionError, merge_predictions, read_predictions, write_predictions
-from mcmdpo.resumable import BatchLedger, LedgerError
+from mcmdpo.batch.resumable import BatchLedger, LedgerError
+from mcmdpo.evaluation.metrics.predictions import (
+    PredictionError,
+    merge_predictions,
+    read_predictions,
+    write_predictions,
+)
 
 
 def test_append_and_resume(tmp_path):

@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, LlavaNextForConditionalGeneration
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from mcmdpo.model import (
+from mcmdpo.method.model import (
     build_tiny_llava,
     encode_images,
     encode_prompt,
@@ -23,7 +23,7 @@ from mcmdpo.model import (
     num_image_tokens,
     preprocess_image,
 )
-from mcmdpo.model.tiny import build_processor, build_tokenizer
+from mcmdpo.method.model.tiny import build_processor, build_tokenizer
 
 TEXTS = [
     "Given an image and context, generate alt-text for the image.\nContext:\nA sunny day at the beach.",

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from mcmdpo.handoff import MODEL_MANIFEST as MANIFEST
-from mcmdpo.handoff import model_dir, model_fingerprint, upstream_model
-from mcmdpo.launch import submit
-from mcmdpo.recipe import RecipeError, load_recipe
-from mcmdpo.stage import TaskContext, TaskInput
+from mcmdpo.batch.launch import submit
+from mcmdpo.batch.recipe import RecipeError, load_recipe
+from mcmdpo.batch.stage import TaskContext, TaskInput
+from mcmdpo.method.model.folders import MODEL_MANIFEST as MANIFEST
+from mcmdpo.method.model.folders import model_dir, model_fingerprint, upstream_model
 from mcmdpo.stages.data import DataSpec, run_data
 from mcmdpo.stages.model import ModelSpec, run_model
 
@@ -58,8 +58,8 @@ def tiny_task(tmp_path_factory, data_task) -> TaskInput:
 
 
 def test_tiny_model_is_built_atomically_with_a_data_trained_tokenizer(tmp_path, data_task, tiny_task):
-    from mcmdpo.data.records import load_records
-    from mcmdpo.model import load_llava
+    from mcmdpo.method.data.records import load_records
+    from mcmdpo.method.model import load_llava
 
     folder = tiny_task.dir
     assert sorted(p.name for p in folder.iterdir()) == ["model", MANIFEST]  # no temp left

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcmdpo import noise
+from mcmdpo.method import noise
 
 
 def sigmoid_alphas_bar(t: int) -> float:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mcmdpo.cost import estimate_cost
-from mcmdpo.plan import build_plan
-from mcmdpo.recipe import RecipeError, load_recipe
-from mcmdpo.smoke import smoke_session
+from mcmdpo.batch.plan import build_plan
+from mcmdpo.batch.recipe import RecipeError, load_recipe
+from mcmdpo.smoke.cost import estimate_cost
+from mcmdpo.smoke.standins import smoke_session
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "recipes" / "paper"
@@ -176,7 +176,7 @@ def test_smoke_plans_have_the_structure_of_the_real_plans(tmp_path, monkeypatch)
 
 
 def test_smoke_takes_the_first_records_of_real_files(tmp_path, monkeypatch):
-    from mcmdpo import fixtures
+    from mcmdpo.smoke import fixtures
 
     data = tmp_path / "data"
     made = fixtures.preference_files(data / "pinterest", 12)

@@ -27,17 +27,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mcmdpo import noise
-from mcmdpo.assets import check_recipe
-from mcmdpo.benchmarks import Item
-from mcmdpo.data.records import load_records, rejected_context_position
-from mcmdpo.data.sft_records import parse_sft_record
-from mcmdpo.data.shards import PreferenceShards, ShardReader
-from mcmdpo.data.spec import PrecomputeSpec, resolve_strategy
-from mcmdpo.generate import GenerationConfig, generation_config, generator_loader, resolve_dtype
-from mcmdpo.losses import CONDITIONS, PreferenceLoss, mcmdpo_loss
-from mcmdpo.metrics import chair, mmhal
-from mcmdpo.model.template import (
+from mcmdpo.batch.plan import build_plan
+from mcmdpo.batch.recipe import load_recipe
+from mcmdpo.evaluation.benchmarks import Item
+from mcmdpo.evaluation.engines import generator_loader
+from mcmdpo.evaluation.generate import GenerationConfig, generation_config, resolve_dtype
+from mcmdpo.evaluation.metrics import chair, mmhal
+from mcmdpo.evaluation.readiness import check_recipe
+from mcmdpo.evaluation.vllm_engine import VllmUnavailable
+from mcmdpo.method import noise
+from mcmdpo.method.data.records import load_records, rejected_context_position
+from mcmdpo.method.data.sft_records import parse_sft_record
+from mcmdpo.method.data.shards import PreferenceShards, ShardReader
+from mcmdpo.method.data.spec import PrecomputeSpec, resolve_strategy
+from mcmdpo.method.losses import CONDITIONS, PreferenceLoss, mcmdpo_loss
+from mcmdpo.method.model.template import (
     LLAVA_V1_SYSTEM,
     SYSTEM,
     encode_context,
@@ -45,12 +49,9 @@ from mcmdpo.model.template import (
     format_prompt,
     training_question,
 )
-from mcmdpo.plan import build_plan
-from mcmdpo.recipe import load_recipe
+from mcmdpo.method.train.batches import DataOrder, conversation_lengths, epoch_generator, sample_lengths
+from mcmdpo.method.train.spec import BatchLayout, LossSpec
 from mcmdpo.stages.eval import EvalSpec
-from mcmdpo.train.batches import DataOrder, conversation_lengths, epoch_generator, sample_lengths
-from mcmdpo.train.spec import BatchLayout, LossSpec
-from mcmdpo.vllm_engine import VllmUnavailable
 from tests.test_assets import nltk_data  # noqa: F401 - session fixture
 from tests.test_precompute import make_dataset, precompute, processor_dir, report_of  # noqa: F401
 
@@ -107,7 +108,7 @@ def test_inference_prompt_is_upstream_llava_v1_and_training_keeps_vicuna_v1():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from mcmdpo.model import build_tiny_llava, load_llava
+    from mcmdpo.method.model import build_tiny_llava, load_llava
 
     folder = build_tiny_llava(
         tmp_path_factory.mktemp("task") / "model", [QUESTION, LLAVA_V1_SYSTEM, "a red sign"]
@@ -117,7 +118,7 @@ def tiny(tmp_path_factory):
 
 
 def test_generator_tokenises_the_llava_v1_prompt(tiny, tmp_path):
-    from mcmdpo.generate import BatchGenerator
+    from mcmdpo.evaluation.generate import BatchGenerator
 
     _, model, processor = tiny
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
@@ -423,7 +424,7 @@ def test_score_cli_treebank_on_a_wordnet_only_setup(tmp_path, nltk_data):  # noq
     meteor = np.mean([meteor_score([ref], cand) for ref, cand in tokens]) * 100
     assert paper["bleu_4"] == pytest.approx(bleu4) and paper["meteor"] == pytest.approx(meteor)
     assert any("tokenizer=treebank" in d for d in doc["deviations"])
-    from mcmdpo.metrics import nlp
+    from mcmdpo.evaluation.metrics import nlp
 
     if nlp.find_resource(nlp.PUNKT) is None:  # the default protocol needs punkt_tab: one clear line
         no_env = {**env, "NLTK_DATA": ""}  # the folder comes from --nltk-data instead

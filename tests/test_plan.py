@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import json
 
-from mcmdpo.artifacts import content_hash
-from mcmdpo.plan import Plan, build_plan
-from mcmdpo.recipe import load_recipe
+from mcmdpo.batch.artifacts import content_hash
+from mcmdpo.batch.plan import Plan, build_plan
+from mcmdpo.batch.recipe import load_recipe
 from tests.test_recipe import BASE
 
 

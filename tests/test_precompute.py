@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcmdpo import noise
-from mcmdpo.artifacts import file_hash
-from mcmdpo.data.images import CLIP_MEAN, CLIP_STD, ImagePreprocessor, load_processor
-from mcmdpo.data.records import BadRecord
-from mcmdpo.data.shards import PreferenceShards, ShardReader, shard_content_hash
-from mcmdpo.resumable import PAUSE_ENV as SLOW_ENV
-from mcmdpo.stage import TaskContext, TaskInput
+from mcmdpo.batch.artifacts import file_hash
+from mcmdpo.batch.resumable import PAUSE_ENV as SLOW_ENV
+from mcmdpo.batch.stage import TaskContext, TaskInput
+from mcmdpo.method import noise
+from mcmdpo.method.data.images import CLIP_MEAN, CLIP_STD, ImagePreprocessor, load_processor
+from mcmdpo.method.data.records import BadRecord
+from mcmdpo.method.data.shards import PreferenceShards, ShardReader, shard_content_hash
 from mcmdpo.stages.data import DataSpec, run_data
 from mcmdpo.stages.precompute import PrecomputeSpec, precompute_tasks, run_precompute
 from tests.test_records import upstream_draw
@@ -384,7 +384,7 @@ KILL_SCRIPT = textwrap.dedent(
     import json, sys
     from pathlib import Path
     sys.path.insert(0, {repo!r})
-    from mcmdpo.stage import TaskContext
+    from mcmdpo.batch.stage import TaskContext
     from mcmdpo.stages.precompute import PrecomputeSpec, run_precompute
     args = json.loads(sys.argv[1])
     out = Path(args["out"])
@@ -468,8 +468,8 @@ def test_demo_data_stage_feeds_precompute_with_the_model_processor(tmp_path, cap
 
 
 def test_demo_dataset_is_upstream_format_and_context_dependent(tmp_path):
-    from mcmdpo.data.demo import make_demo_dataset
-    from mcmdpo.data.records import load_records, resolve_image
+    from mcmdpo.method.data.demo import make_demo_dataset
+    from mcmdpo.method.data.records import load_records, resolve_image
 
     made = make_demo_dataset(tmp_path, num_train=40, num_test=5, min_size=64, max_size=96)
     train = load_records(tmp_path / made["train"]["file"])
@@ -522,8 +522,8 @@ def test_tasks_one_per_shard(tmp_path):
 
 
 def test_demo_recipe_validates_and_plans():
-    from mcmdpo.plan import build_plan
-    from mcmdpo.recipe import load_recipe
+    from mcmdpo.batch.plan import build_plan
+    from mcmdpo.batch.recipe import load_recipe
 
     recipe = load_recipe(REPO / "recipes" / "demo.toml")
     plan = build_plan(recipe)
@@ -543,8 +543,8 @@ def test_demo_recipe_validates_and_plans():
 
 @pytest.mark.slow
 def test_recipe_sweep_through_the_local_executor(write_recipe, processor_dir):
-    from mcmdpo.launch import submit
-    from mcmdpo.recipe import load_recipe
+    from mcmdpo.batch.launch import submit
+    from mcmdpo.batch.recipe import load_recipe
 
     body = f"""
     [run]

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from mcmdpo.recipe import RecipeError, load_recipe
-from mcmdpo.recipe.lines import key_lines
+from mcmdpo.batch.recipe import RecipeError, load_recipe
+from mcmdpo.batch.recipe.lines import key_lines
 
 BASE = """\
 [run]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mcmdpo.data.records import (
+from mcmdpo.method.data.records import (
     UnsafePath,
     check_context_pool,
     count_records,

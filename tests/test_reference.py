@@ -21,21 +21,22 @@ import numpy as np
 import pytest
 import torch
 
-from mcmdpo.artifacts import file_hash
-from mcmdpo.data.reference_logprobs import OUTPUT, ReferenceLogprobs
-from mcmdpo.data.shards import PreferenceShards
-from mcmdpo.handoff import model_dir, model_fingerprint, split_source
-from mcmdpo.launch import submit
-from mcmdpo.logprobs import build_preference_tokens, naive_logprobs, sequence_logprobs
-from mcmdpo.losses import CONDITIONS
-from mcmdpo.model import load_llava
-from mcmdpo.model.images import crop_side
-from mcmdpo.plan import build_plan
-from mcmdpo.recipe import RecipeError, load_recipe
-from mcmdpo.resumable import PAUSE_ENV as SLOW_ENV
-from mcmdpo.resumable import BatchLedger
-from mcmdpo.samples import SampleSource
-from mcmdpo.stage import STOP, Interrupted, TaskContext, TaskInput
+from mcmdpo.batch.artifacts import file_hash
+from mcmdpo.batch.launch import submit
+from mcmdpo.batch.plan import build_plan
+from mcmdpo.batch.recipe import RecipeError, load_recipe
+from mcmdpo.batch.resumable import PAUSE_ENV as SLOW_ENV
+from mcmdpo.batch.resumable import BatchLedger
+from mcmdpo.batch.stage import STOP, Interrupted, TaskContext, TaskInput
+from mcmdpo.handoff import split_source
+from mcmdpo.method.data.reference_logprobs import OUTPUT, ReferenceLogprobs
+from mcmdpo.method.data.shards import PreferenceShards
+from mcmdpo.method.logprobs import build_preference_tokens, naive_logprobs, sequence_logprobs
+from mcmdpo.method.losses import CONDITIONS
+from mcmdpo.method.model import load_llava
+from mcmdpo.method.model.folders import model_dir, model_fingerprint
+from mcmdpo.method.model.images import crop_side
+from mcmdpo.method.samples import SampleSource
 from mcmdpo.stages.data import DataSpec, run_data
 from mcmdpo.stages.model import ModelSpec, run_model
 from mcmdpo.stages.precompute import PrecomputeSpec, run_precompute
@@ -232,10 +233,10 @@ def policy_logprobs(
     model_folder: Path, shards: PreferenceShards, table: ReferenceLogprobs, mode: str, batch: int
 ) -> dict[str, torch.Tensor]:
     """What the preference objective computes for the policy before its first update (same batches)."""
-    from mcmdpo.losses import PreferenceLoss
-    from mcmdpo.train.loop import load_policy
-    from mcmdpo.train.objectives import OfflineReference, PreferenceObjective
-    from mcmdpo.train.spec import LossSpec, PreferenceSpec
+    from mcmdpo.method.losses import PreferenceLoss
+    from mcmdpo.method.train.loop import load_policy
+    from mcmdpo.method.train.objectives import OfflineReference, PreferenceObjective
+    from mcmdpo.method.train.spec import LossSpec, PreferenceSpec
 
     policy = load_policy(model_folder, PreferenceSpec(precision="fp32", gradient_checkpointing=False), mode)
     source = SampleSource(shards, policy.processor, mode)
@@ -318,7 +319,7 @@ KILL_SCRIPT = textwrap.dedent(
     import json, sys
     from pathlib import Path
     sys.path.insert(0, {repo!r})
-    from mcmdpo.stage import TaskContext, TaskInput
+    from mcmdpo.batch.stage import TaskContext, TaskInput
     from mcmdpo.stages.reference import ReferenceSpec, run_reference
     args = json.loads(sys.argv[1])
     def task(stage, d, params, outputs):
@@ -459,7 +460,7 @@ def test_recipe_through_the_local_executor_resubmit_and_sigkill(write_recipe):
     for task in plan.stage("reference").tasks:
         shutil.rmtree(run_dir / "reference" / task.task_id)
     code = (
-        "from mcmdpo.recipe import load_recipe; from mcmdpo.launch import submit; "
+        "from mcmdpo.batch.recipe import load_recipe; from mcmdpo.batch.launch import submit; "
         f"submit(load_recipe({str(recipe.path)!r}))"
     )
     env = {**os.environ, SLOW_ENV: "4000"}

@@ -82,8 +82,8 @@ def write_predictions(
     folder: Path, name: str, responses: list[str], references: list[str], nltk: str
 ) -> MetricsFile:
     """Predictions scored with the real paper-protocol scorer, as a metrics file the report reads."""
-    from mcmdpo.metrics import nlp
-    from mcmdpo.metrics.altext import score_file
+    from mcmdpo.evaluation.metrics import nlp
+    from mcmdpo.evaluation.metrics.altext import score_file
 
     path = folder / f"{name}.jsonl"
     rows = [
@@ -134,7 +134,7 @@ def test_paired_bootstrap_on_real_scores(tmp_path, nltk_data):  # noqa: F811
 def test_corpus_bleu_of_summed_counts_equals_pycocoevalcap_on_any_multiset():
     from pycocoevalcap.bleu.bleu import Bleu
 
-    from mcmdpo.metrics.altext import bleu_counts
+    from mcmdpo.evaluation.metrics.altext import bleu_counts
 
     refs = ["a man rides a horse on the beach", "two dogs play in the snow", "a red bus", "the cat sleeps"]
     hyps = [
@@ -157,7 +157,7 @@ def test_corpus_bleu_of_summed_counts_equals_pycocoevalcap_on_any_multiset():
 @pytest.mark.skipif(shutil.which("java") is None, reason="the METEOR 1.5 jar needs Java")
 def test_corpus_meteor_of_summed_statistics_equals_the_java_tool_on_any_multiset():
     """The Java tool's own EVAL of pooled statistics lines is the reference (one JVM)."""
-    from mcmdpo.metrics.altext import METEOR_JAR, _package_dir
+    from mcmdpo.evaluation.metrics.altext import METEOR_JAR, _package_dir
     from mcmdpo.report.estimators import meteor_columns
 
     pairs = [("a man rides a horse on the beach", "a man riding a horse near the sea"),
@@ -195,7 +195,7 @@ def check_reproduces(kind: str, metrics: dict[str, Any], samples: list[dict[str,
 
 
 def test_hallucination_statistics_reproduce_the_scorers(objhal, amber_dir, nltk_data, tmp_path):  # noqa: F811
-    from mcmdpo.metrics import amber, chair, mmhal, nlp
+    from mcmdpo.evaluation.metrics import amber, chair, mmhal, nlp
     from tests.test_metrics_amber import text_config as amber_text
 
     text = chair_text(nltk_data)
@@ -385,8 +385,8 @@ resamples = 300
 
 
 def test_pipeline_report_stage_and_cli(tmp_path, nltk_data):  # noqa: F811
-    from mcmdpo.launch import submit
-    from mcmdpo.recipe import load_recipe
+    from mcmdpo.batch.launch import submit
+    from mcmdpo.batch.recipe import load_recipe
 
     (tmp_path / "r.toml").write_text(RECIPE.format(runs=tmp_path / "runs", nltk=nltk_data))
     recipe = load_recipe(tmp_path / "r.toml")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mcmdpo.resumable import (
+from mcmdpo.batch.resumable import (
     PAUSE_ENV,
     atomic_dir,
     copy_atomic,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from mcmdpo.artifacts import read_events
-from mcmdpo.launch import submit
-from mcmdpo.recipe import load_recipe
+from mcmdpo.batch.artifacts import read_events
+from mcmdpo.batch.launch import submit
+from mcmdpo.batch.recipe import load_recipe
 from tests.conftest import REPO
 from tests.test_recipe import BASE
 
@@ -188,7 +188,7 @@ def test_the_data_stage_checks_every_split_before_training(write_recipe, tmp_pat
 
 
 def test_non_utf8_data_file_names_the_file_and_line(tmp_path):
-    from mcmdpo.data.records import load_records
+    from mcmdpo.method.data.records import load_records
 
     path = tmp_path / "train.json"
     path.write_bytes(b'[{"idx": 1,\n "question": "caf\xe9"}]')
@@ -304,8 +304,8 @@ def test_jobs_import_the_installed_package_not_a_stray_copy(write_recipe, tmp_pa
         textwrap.dedent(
             """
             import mcmdpo
-            from mcmdpo.artifacts import write_json_atomic
-            from mcmdpo.stage import Stage, StageSpec, register
+            from mcmdpo.batch.artifacts import write_json_atomic
+            from mcmdpo.batch.stage import Stage, StageSpec, register
 
             class WhereSpec(StageSpec):
                 pass

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mcmdpo import fixtures
-from mcmdpo.data.sft_records import load_sft_records
-from mcmdpo.data.sft_shards import SftShards, SftShardWriter, SftSource, build_sft_shard
-from mcmdpo.plan import build_plan
-from mcmdpo.recipe import load_recipe
-from mcmdpo.recipe.errors import RecipeError
+from mcmdpo.batch.plan import build_plan
+from mcmdpo.batch.recipe import load_recipe
+from mcmdpo.batch.recipe.errors import RecipeError
+from mcmdpo.method.data.sft_records import load_sft_records
+from mcmdpo.method.data.sft_shards import SftShards, SftShardWriter, SftSource, build_sft_shard
+from mcmdpo.smoke import fixtures
 from tests.test_train_runs import (  # noqa: F401 - _short_result_wait is an autouse fixture
     _short_result_wait,
     assert_bit_identical,
@@ -70,9 +70,9 @@ def test_conversation_and_question_chosen_layouts_with_bad_records(tmp_path, sou
 
 
 def test_one_turn_conversation_tokenises_like_the_preference_sft_path(tmp_path):
-    from mcmdpo.model import build_tiny_llava
-    from mcmdpo.model.load import load_llava
-    from mcmdpo.model.template import encode_conversation, encode_prompt
+    from mcmdpo.method.model import build_tiny_llava
+    from mcmdpo.method.model.load import load_llava
+    from mcmdpo.method.model.template import encode_conversation, encode_prompt
 
     path = build_tiny_llava(tmp_path / "m", ["a red bus on a sunny day", "Describe the scene."])
     tok = load_llava(path)[1].tokenizer
@@ -131,12 +131,12 @@ def test_shards_keep_encoded_images_or_paths_and_count_per_source(tmp_path, sour
 
 
 def test_worker_processes_load_the_same_batches_as_the_trainer_thread(tmp_path, sources):
-    from mcmdpo.model import build_tiny_llava
-    from mcmdpo.model.load import load_llava
-    from mcmdpo.samples import ConversationSource
-    from mcmdpo.train.batches import DataOrder, Prefetcher, WorkerLoader
-    from mcmdpo.train.objectives import SftObjective
-    from mcmdpo.train.spec import BatchLayout
+    from mcmdpo.method.model import build_tiny_llava
+    from mcmdpo.method.model.load import load_llava
+    from mcmdpo.method.samples import ConversationSource
+    from mcmdpo.method.train.batches import DataOrder, Prefetcher, WorkerLoader
+    from mcmdpo.method.train.objectives import SftObjective
+    from mcmdpo.method.train.spec import BatchLayout
 
     conv = sources["conv"]
     shards, _ = build([SftSource("conv", conv["file"], conv["images"])], tmp_path, 2)

@@ -8,7 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from mcmdpo.data.shards import (
+from mcmdpo.batch.stage import TaskInput
+from mcmdpo.method.data.shards import (
     PreferenceShards,
     Sample,
     ShardReader,
@@ -16,7 +17,6 @@ from mcmdpo.data.shards import (
     shard_content_hash,
     write_index,
 )
-from mcmdpo.stage import TaskInput
 
 SHAPE = (3, 8, 8)
 

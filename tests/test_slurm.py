@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mcmdpo.artifacts import read_events
-from mcmdpo.launch import submit
-from mcmdpo.recipe import load_recipe
-from mcmdpo.status import run_status
+from mcmdpo.batch.artifacts import read_events
+from mcmdpo.batch.launch import submit
+from mcmdpo.batch.recipe import load_recipe
+from mcmdpo.batch.status import run_status
 from tests.test_recipe import BASE
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -33,11 +33,11 @@ from typing import Any
 
 import pytest
 
-from mcmdpo.artifacts import read_events, read_json
-from mcmdpo.launch import SubmitReport, submit
-from mcmdpo.plan import build_plan
-from mcmdpo.recipe import load_recipe
-from mcmdpo.status import run_status
+from mcmdpo.batch.artifacts import read_events, read_json
+from mcmdpo.batch.launch import SubmitReport, submit
+from mcmdpo.batch.plan import build_plan
+from mcmdpo.batch.recipe import load_recipe
+from mcmdpo.batch.status import run_status
 
 RUN = "train"
 BASE = """\
@@ -176,8 +176,8 @@ def assert_trained(task: Path, world: int) -> None:
 def run_in_process(path: Path, stage: str) -> dict[str, Any]:
     """One task through the job runtime in this process: errors surface as exceptions. The process
     environment is restored afterwards (the task exports RANK etc., which later jobs must not inherit)."""
-    from mcmdpo.launch import payload
-    from mcmdpo.runtime import TaskRunner
+    from mcmdpo.batch.launch import payload
+    from mcmdpo.batch.runtime import TaskRunner
 
     plan = build_plan(load_recipe(path))
     (task,) = plan.stage(stage).tasks
@@ -386,9 +386,9 @@ def test_one_rank_sft_zero3_and_mcmdpo_zero2_loss_goes_down(base, tmp_path):
 def test_clear_errors_batch_arithmetic_missing_sft_output_incompatible_checkpoint_and_reference(
     base, tmp_path
 ):
-    from mcmdpo.model import build_tiny_llava
-    from mcmdpo.train.loop import IncompatibleCheckpoint
-    from mcmdpo.train.spec import BatchSizeError
+    from mcmdpo.method.model import build_tiny_llava
+    from mcmdpo.method.train.loop import IncompatibleCheckpoint
+    from mcmdpo.method.train.spec import BatchSizeError
 
     root = clone(base, tmp_path / "r")
     bad = write(root, "bad", section("sft", 2, 4, 1, "gradient_accumulation_steps = 2\n"), DEBUG)

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from mcmdpo.plan import build_plan
-from mcmdpo.recipe import RecipeError, load_recipe
-from mcmdpo.train import checkpoint
-from mcmdpo.train.batches import DataOrder, Prefetcher
-from mcmdpo.train.engine import build_scheduler, ds_config, warmup_steps
-from mcmdpo.train.metrics import MetricsLog
-from mcmdpo.train.spec import (
+from mcmdpo.batch.plan import build_plan
+from mcmdpo.batch.recipe import RecipeError, load_recipe
+from mcmdpo.method.train import checkpoint
+from mcmdpo.method.train.batches import DataOrder, Prefetcher
+from mcmdpo.method.train.engine import build_scheduler, ds_config, warmup_steps
+from mcmdpo.method.train.metrics import MetricsLog
+from mcmdpo.method.train.spec import (
     ABLATION_NAMES,
     TERM_NAMES,
     BatchLayout,
@@ -75,13 +75,13 @@ def test_recipe_errors_name_file_line_and_field(write_recipe):
 
 
 def needed_conditions(spec: LossSpec) -> tuple[str, ...]:
-    from mcmdpo.losses import PreferenceLoss
+    from mcmdpo.method.losses import PreferenceLoss
 
     return PreferenceLoss.from_spec(spec).conditions
 
 
 def test_loss_spec_and_conditions():
-    from mcmdpo.losses import ABLATIONS, CONDITIONS, TERMS
+    from mcmdpo.method.losses import ABLATIONS, CONDITIONS, TERMS
 
     assert tuple(TERMS) == TERM_NAMES and tuple(ABLATIONS) == ABLATION_NAMES
     assert LossSpec.model_validate({"lambda": 2.0}).lambda_ == 2.0
@@ -96,7 +96,7 @@ def test_loss_spec_and_conditions():
 def test_preference_loss_resolves_weights_once_and_equals_the_functions(monkeypatch):
     import torch
 
-    from mcmdpo import losses
+    from mcmdpo.method import losses
 
     spec = LossSpec(gamma=0.4, drop=("multi",), form="upstream")
     calls = []

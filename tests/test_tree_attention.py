@@ -1,4 +1,4 @@
-"""Flex tree attention (mcmdpo.attention): the BlockMask equals the boolean tree mask, the flex path's
+"""Flex tree attention (mcmdpo.method.attention): the BlockMask equals the boolean tree mask, the flex path's
 log-probs equal the SDPA path's (forward, CPU), and the switch changes nothing else.
 
 FlexAttention has no backward on CPU; the gradient equality and the bf16 tolerance are checked by
@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 from torch.nn.attention.flex_attention import create_mask
 
-from mcmdpo.attention import (
+from mcmdpo.evaluation.benchmarks import Item
+from mcmdpo.evaluation.generate import BatchGenerator, GenerationConfig
+from mcmdpo.method.attention import (
     BLOCK,
     TREE_IMPLEMENTATION,
     enable_tree_attention,
@@ -23,17 +25,15 @@ from mcmdpo.attention import (
     tree_block_mask,
     tree_tables,
 )
-from mcmdpo.benchmarks import Item
-from mcmdpo.generate import BatchGenerator, GenerationConfig
-from mcmdpo.logprobs import (
+from mcmdpo.method.logprobs import (
     PreferenceTokens,
     build_tree_row,
     naive_logprobs,
     shared_logprobs,
     tree_attention_mask,
 )
-from mcmdpo.losses import CONDITIONS
-from mcmdpo.model import build_tiny_llava, load_llava
+from mcmdpo.method.losses import CONDITIONS
+from mcmdpo.method.model import build_tiny_llava, load_llava
 
 HALLUCINATION = ("mw_cw_yw", "mw_cw_yl", "ml_cw_yw", "ml_cw_yl")
 IMAGE_ID = 4  # <image> of the tiny tokenizer; never drawn below (ids start at 5)

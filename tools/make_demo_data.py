@@ -2,7 +2,7 @@
 
     python tools/make_demo_data.py out/demo --num-train 64 --num-test 16 --seed 0
 
-A thin CLI over ``mcmdpo.data.demo.make_demo_dataset`` (the ``data`` stage with ``source = "demo"``
+A thin CLI over ``mcmdpo.method.data.demo.make_demo_dataset`` (the ``data`` stage with ``source = "demo"``
 calls the same function); tools/ is never imported by the package.
 """
 
@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mcmdpo.data.demo import make_demo_dataset
+from mcmdpo.method.data.demo import make_demo_dataset
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 The 7B shape is ``llava-hf/llava-v1.6-vicuna-7b-hf`` (CLIP ViT-L/14-336 + Vicuna-7B, from
 ``bench/logprobs.py``), built with random weights directly on the device in the benchmark dtype
 (``_from_config`` under ``torch.device``: no host copy, no checkpoint). Its special token ids are
-those of the in-process tokenizer of :mod:`mcmdpo.model.tiny`, so the same model object serves the
+those of the in-process tokenizer of :mod:`mcmdpo.method.model.tiny`, so the same model object serves the
 log-prob steps (synthetic token ids) and generation (real prompts through the eval stage's
 ``BatchGenerator``).
 """
@@ -26,10 +26,10 @@ from transformers import (
 )
 
 from bench import logprobs as flops_bench
-from mcmdpo.logprobs import PreferenceTokens, build_tree_row, parse_condition
-from mcmdpo.model import set_gradient_checkpointing, set_paradigm
-from mcmdpo.model.template import IMAGE_TOKEN
-from mcmdpo.model.tiny import build_processor, build_tokenizer
+from mcmdpo.method.logprobs import PreferenceTokens, build_tree_row, parse_condition
+from mcmdpo.method.model import set_gradient_checkpointing, set_paradigm
+from mcmdpo.method.model.template import IMAGE_TOKEN
+from mcmdpo.method.model.tiny import build_processor, build_tokenizer
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 TEXTS = [

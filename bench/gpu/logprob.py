@@ -43,8 +43,8 @@ from bench.gpu.common import (
     synthetic_batch,
     tiny_text_vision,
 )
-from mcmdpo.logprobs import shared_logprobs
-from mcmdpo.losses import CONDITIONS
+from mcmdpo.method.logprobs import shared_logprobs
+from mcmdpo.method.losses import CONDITIONS
 
 PREFERENCE_EPOCHS = 3
 DPO = flops_bench.DPO_CONDITIONS
@@ -189,7 +189,7 @@ def check_flex_bf16(
 ) -> dict[str, Any]:
     """bf16 at the suite's shape: relative error of flex vs sdpa (log-probs, gradients), and of
     naive vs sdpa log-probs as the noise floor of two valid bf16 computations."""
-    from mcmdpo.logprobs import naive_logprobs
+    from mcmdpo.method.logprobs import naive_logprobs
 
     config = shape.config
     batch = synthetic_batch(

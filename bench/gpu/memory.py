@@ -25,8 +25,8 @@ import torch
 
 from bench import logprobs as flops_bench
 from bench.gpu.common import Shape, parameter_count, peak_gb, reset_memory, synthetic_batch
-from mcmdpo.logprobs import naive_logprobs
-from mcmdpo.losses import CONDITIONS
+from mcmdpo.method.logprobs import naive_logprobs
+from mcmdpo.method.losses import CONDITIONS
 
 GiB = 2**30
 SFT_CONDITIONS = ("mw_cw_yw",)

@@ -5,7 +5,7 @@ A recipe runs in this process (debug executor): ``data`` (the synthetic demo set
 16-layer Llama, saved here with the suite's tokenizer and processor) -> ``precompute`` (pad mode,
 336 crops) -> ``reference`` (offline reference log-probs) -> ``preference`` (MCM-DPO, ZeRO-2, bf16,
 gradient checkpointing, global batch 8 on one GPU). The step times come from the trainer's own
-metrics JSONL (``mcmdpo.train.loop.StepTimes``): data wait, forward+backward, optimizer update,
+metrics JSONL (``mcmdpo.method.train.loop.StepTimes``): data wait, forward+backward, optimizer update,
 step-boundary all-reduce, and the wall time between consecutive steps; the first steps are warm-up
 (compilation of the flex kernels, allocator growth) and not counted. Figures are computed by
 ``bench/train_step.py``'s ``step_figures``, so they mean the same as in its CPU table.
@@ -23,9 +23,9 @@ import torch
 
 from bench.gpu.common import Shape, build_model, parameter_count
 from bench.train_step import step_figures
-from mcmdpo.launch import submit
-from mcmdpo.plan import build_plan
-from mcmdpo.recipe import load_recipe
+from mcmdpo.batch.launch import submit
+from mcmdpo.batch.plan import build_plan
+from mcmdpo.batch.recipe import load_recipe
 
 RECIPE = """\
 [run]

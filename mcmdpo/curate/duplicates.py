@@ -20,16 +20,16 @@ from typing import Any
 
 import numpy as np
 
+from mcmdpo.batch.errors import record_ref
 from mcmdpo.curate.dedupe import Clusters, cluster_hashes, cluster_minhashes
 from mcmdpo.curate.scan import RECORDS, SIGNATURES
 from mcmdpo.curate.spec import CurateSpec
-from mcmdpo.data.records import BadRecord
-from mcmdpo.errors import record_ref
+from mcmdpo.method.data.records import BadRecord
 
 
 def load_scans(scan_dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Records and signatures of every shard, in shard (= file) order."""
-    from mcmdpo.metrics.predictions import read_predictions
+    from mcmdpo.evaluation.metrics.predictions import read_predictions
 
     records = [r for d in scan_dirs for r in read_predictions(Path(d) / RECORDS)]
     parts = [np.load(Path(d) / SIGNATURES) for d in scan_dirs]
@@ -67,7 +67,7 @@ def find_duplicates(scan_dirs: Sequence[Path], spec: CurateSpec) -> dict[str, An
 def _duplicate_ids(
     records: list[dict[str, Any]], alive: np.ndarray, spec: CurateSpec
 ) -> list[dict[str, Any]]:
-    from mcmdpo.metrics.predictions import id_key
+    from mcmdpo.evaluation.metrics.predictions import id_key
 
     seen: dict[str, int] = {}
     bad = []

@@ -23,16 +23,18 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcmdpo.artifacts import write_json_atomic, write_text_atomic
+from mcmdpo.batch.artifacts import write_json_atomic, write_text_atomic
 from mcmdpo.curate.pipeline import SPLITS
 from mcmdpo.curate.scan import SCAN_STEPS
 from mcmdpo.curate.spec import CurateSpec
 
 SFT, PREFERENCE, TEST, FUNNEL, IMAGES = "sft.json", "preference.json", "test.jsonl", "funnel.json", "images"
 DEDUPE_STEPS = ("duplicate_id", "duplicate_image", "duplicate_text")
+SPLIT_ORDER = ("sft", "preference", "test")
 
 
 def question(spec: CurateSpec, context: str) -> str:
@@ -162,3 +164,46 @@ def _rejected(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def write_funnel(out_dir: Path, funnel: Mapping[str, Any]) -> None:
     write_json_atomic(out_dir / FUNNEL, dict(funnel))
+
+
+def read_funnel(path: Path) -> dict[str, Any]:
+    """A ``funnel.json`` as :func:`build_funnel` wrote it (ValueError naming the file otherwise)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the curation funnel ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list) or not doc["steps"]:
+        raise ValueError(f"{path}: field 'steps' missing or empty (not a funnel.json of curate_split?)")
+    return doc
+
+
+@dataclass(frozen=True)
+class Funnel:
+    """The ``funnel.json`` of one finished ``curate_split`` task."""
+
+    run: str
+    task_id: str
+    path: Path
+    doc: Mapping[str, Any]
+
+    @property
+    def steps(self) -> list[Mapping[str, Any]]:
+        return list(self.doc["steps"])
+
+    def splits(self) -> dict[str, int]:
+        """Kept records per output split, in pipeline order (sft, preference, test)."""
+        counts = self.doc.get("splits", {})
+        names = [*[n for n in SPLIT_ORDER if n in counts], *sorted(set(counts) - set(SPLIT_ORDER))]
+        return {n: int(counts[n]) for n in names}
+
+    def work(self) -> dict[str, int]:
+        """LLM work behind the kept records (the third panel), in pipeline order."""
+        grammar, rejected = self.doc.get("grammar", {}), self.doc.get("rejected", {})
+        return {
+            "names replaced": int(self.doc.get("names", {}).get("names_replaced", 0)),
+            "contexts corrected": int(grammar.get("context_corrected", 0)),
+            "alt-texts corrected": int(grammar.get("alt_text_corrected", 0)),
+            "rejected texts generated": int(rejected.get("generated", 0)),
+            "verification attempts": int(rejected.get("verification_attempts", 0)),
+            "dropped after max attempts": int(rejected.get("dropped_after_max_attempts", 0)),
+        }

@@ -12,8 +12,8 @@ Per record (in this order, as in the paper's section 4):
    first is lost, since the pair can no longer be kept). A generation equal to the chosen text (or
    empty) fails without asking. Up to ``max_attempts`` generations, then the record is dropped.
 
-Every finished record is appended to an fsynced ledger (:class:`mcmdpo.resumable.BatchLedger`); a killed or
-requeued task resumes after the records already written, and the requests of the records it was
+Every finished record is appended to an fsynced ledger (:class:`mcmdpo.batch.resumable.BatchLedger`); a killed
+or requeued task resumes after the records already written, and the requests of the records it was
 working on are answered by the reply cache (each generation attempt has its own cache entry).
 """
 
@@ -44,7 +44,7 @@ SPLITS = ("sft", "preference", "test")
 
 def split_of(record_id: Any, spec: SplitSpec) -> str:
     """``sft`` / ``preference`` / ``test`` from sha256(salt, id): deterministic, order-independent."""
-    from mcmdpo.metrics.predictions import id_key
+    from mcmdpo.evaluation.metrics.predictions import id_key
 
     digest = hashlib.sha256(f"{spec.salt}\0{id_key(record_id)}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
@@ -130,7 +130,7 @@ def curate_items(
     Finished records are appended to the ledger (fsynced) every ``flush_s`` seconds and at the end.
     Stops taking new items once ``should_stop()``; what finished is in the ledger either way.
     """
-    from mcmdpo.resumable import BatchLedger
+    from mcmdpo.batch.resumable import BatchLedger
 
     ledger = BatchLedger(ledger_path)
     done = {r["id"]: r for r in ledger.resume()}

@@ -6,7 +6,7 @@
 
 Shards are contiguous position ranges (``[k*n//N, (k+1)*n//N)``) so that each array task parses only
 its own records (parquet: only the row groups that overlap its range). Record problems use the bad-record
-codes of :data:`mcmdpo.data.records.PROBLEMS`; they are attached, not raised, so the caller applies
+codes of :data:`mcmdpo.method.data.records.PROBLEMS`; they are attached, not raised, so the caller applies
 the ``on_bad_record`` policy.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcmdpo.data.records import BadRecord, detect_format, read_raw
+from mcmdpo.method.data.records import BadRecord, detect_format, read_raw
 
 TEXTS = ("context", "alt_text")
 

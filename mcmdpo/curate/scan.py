@@ -3,7 +3,7 @@
 Per record, in funnel order: record problems (``bad_record``), the text filters (``hashtag``,
 ``min_words``, ``language``), the image (``bad_image``: unsafe path, missing, unreadable, truncated,
 huge), ``non_static``. Text filters run before images are decoded (cheap first); a bad record follows
-``on_bad_record`` (``fail`` raises :class:`~mcmdpo.data.records.BadRecord`, ``skip`` counts it by
+``on_bad_record`` (``fail`` raises :class:`~mcmdpo.method.data.records.BadRecord`, ``skip`` counts it by
 reason). Survivors get a pHash of the image and a MinHash of the post text. Images given as bytes
 are written to ``images/`` of the shard's folder, so later stages never reopen the raw file.
 
@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from mcmdpo.artifacts import atomic_path, write_json_atomic
+from mcmdpo.batch.artifacts import atomic_path, write_json_atomic
 from mcmdpo.curate.filters import is_non_static, text_filter
 from mcmdpo.curate.raw import RawRecord, read_shard
 from mcmdpo.curate.signatures import NUM_PERM, minhash, phash
 from mcmdpo.curate.spec import CurateSpec
-from mcmdpo.data.records import BadRecord
+from mcmdpo.method.data.records import BadRecord
 
 RECORDS, SIGNATURES, REPORT, IMAGES = "records.jsonl", "signatures.npz", "scan.json", "images"
 SCAN_STEPS = ("bad_record", "hashtag", "min_words", "language", "bad_image", "non_static")
@@ -86,8 +86,8 @@ class Scanner:
         return step
 
     def _image(self, record: RawRecord) -> tuple[Path | bytes, Any]:
-        from mcmdpo.data.images import ImageError, load_image
-        from mcmdpo.data.records import UnsafePath, resolve_image
+        from mcmdpo.method.data.images import ImageError, load_image
+        from mcmdpo.method.data.records import UnsafePath, resolve_image
 
         try:
             if record.image_bytes is not None:
@@ -127,7 +127,7 @@ class Scanner:
 
 def write_scan(result: ScanResult, out_dir: Path, positions: range) -> list[str]:
     """Write the three outputs of a scanned shard; return their names."""
-    from mcmdpo.metrics.predictions import write_predictions
+    from mcmdpo.evaluation.metrics.predictions import write_predictions
 
     write_predictions(out_dir / RECORDS, result.records)
     with atomic_path(out_dir / SIGNATURES) as tmp, open(tmp, "wb") as f:

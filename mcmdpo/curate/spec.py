@@ -9,8 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mcmdpo.batch.spec import EnvStr
 from mcmdpo.llm import LLMSpec
-from mcmdpo.spec import EnvStr
 
 INSTRUCTION = "Given an image and context, generate alt-text for the image."
 """The upstream instruction; ``question`` = instruction + "\\nContext:\\n" + context."""

@@ -16,13 +16,11 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mcmdpo.artifacts import content_hash, read_done, read_json
-from mcmdpo.handoff import MODEL_STAGES
-
-if TYPE_CHECKING:
-    from mcmdpo.report.funnel import Funnel
+from mcmdpo.batch.artifacts import content_hash, read_done, read_json
+from mcmdpo.curate.outputs import FUNNEL, Funnel, read_funnel
+from mcmdpo.method.model.folders import MODEL_STAGES
 
 SCORE_STAGE = "score"
 GLOBAL_SECTIONS = ("eval", "score")
@@ -120,8 +118,7 @@ def collect(run_dirs: Iterable[Path | str], score_tasks: Iterable[str] | None = 
     ``score_tasks``: only these score task ids, and only the training tasks upstream of them (what
     the report stage consumes); default: everything finished in the run dirs.
     """
-    from mcmdpo.plan import load_plan
-    from mcmdpo.report.funnel import collect_funnels
+    from mcmdpo.batch.plan import load_plan
 
     dirs = tuple(dict.fromkeys(Path(d).resolve() for d in run_dirs))
     if not dirs:
@@ -269,3 +266,15 @@ def _training_logs(
                 )
             )
     return logs
+
+
+def collect_funnels(
+    run_dir: Path, plan: Mapping[str, Any], keep: set[tuple[str, str]] | None = None
+) -> list[Funnel]:
+    """Funnels of the finished ``curate_split`` tasks of one run (``keep``: only these instances)."""
+    run = str(plan.get("run_name", run_dir.name))
+    return [
+        Funnel(run, folder.name, folder / FUNNEL, read_funnel(folder / FUNNEL))
+        for _, _, folder, done in finished_tasks(run_dir, plan, keep, "curate_split")
+        if FUNNEL in done.get("outputs", [])
+    ]

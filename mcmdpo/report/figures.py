@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mcmdpo.artifacts import atomic_path
+from mcmdpo.batch.artifacts import atomic_path
 from mcmdpo.report.collect import TrainingLog
 from mcmdpo.report.labels import point_label
 from mcmdpo.report.layouts import Column, ColumnGroup
@@ -62,7 +62,7 @@ def unit(column: Column) -> str:
     return "score (×100)" if kind == "altext" else "%"
 
 
-def _figure(ncols: int, nrows: int = 1, width: float = 3.4, height: float = 3.0) -> Any:
+def new_figure(ncols: int, nrows: int = 1, width: float = 3.4, height: float = 3.0) -> Any:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width * ncols, height * nrows), dpi=DPI, layout="constrained")
@@ -83,7 +83,7 @@ def _colors(n: int) -> list[Any]:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
 
 
@@ -100,7 +100,7 @@ def bar_figure(table: ResultTable, group: ColumnGroup, path: Path) -> Path:
     """One panel per metric of ``group``; bars = the table's model rows, with their intervals."""
     rows = [r for r in table.rows if r.kind == "result"]
     colors = _colors(len(rows))
-    fig, axes = _figure(len(group.columns))
+    fig, axes = new_figure(len(group.columns))
     for ax, column in zip(axes[0], group.columns, strict=True):
         for i, row in enumerate(rows):
             if column.key in row.cells:
@@ -156,7 +156,7 @@ def sweep_figure(table: ResultTable, key: str, path: Path) -> Path:
     columns = table.columns
     titles = {c.key: title(c, prefix=f"{g.title}: ") for g in table.groups for c in g.columns}
     ncols = min(4, len(columns))
-    fig, axes = _figure(ncols, math.ceil(len(columns) / ncols))
+    fig, axes = new_figure(ncols, math.ceil(len(columns) / ncols))
     colors = _colors(len(series) + len(flat))
     for ax, column in zip(axes.flat, columns, strict=False):
         _sweep_panel(ax, column, key, series, flat, colors)
@@ -221,7 +221,7 @@ def training_figure(log: TrainingLog, path: Path) -> Path:
     records = log.records()
     steps = [r.get("step", i + 1) for i, r in enumerate(records)]
     terms = term_names(records)
-    fig, axes = _figure(2, 2 if terms else 1, width=4.6, height=3.1)
+    fig, axes = new_figure(2, 2 if terms else 1, width=4.6, height=3.1)
     loss = [float(r.get("loss", math.nan)) for r in records]
     ax_loss, ax_lr = axes[0]
     ax_loss.plot(steps, loss, color="0.65", linewidth=0.8, label="per step")
@@ -263,7 +263,7 @@ def _axes(ax: Any, title: str, ylabel: str) -> None:
 def write_figures(table: ResultTable, training: Sequence[TrainingLog], folder: Path) -> list[Path]:
     """Every figure of the report into ``folder``; returns the written paths."""
     rows = [r for r in table.rows if r.kind == "result"]
-    paths = [bar_figure(table, g, folder / f"bars_{_slug(g.title)}.png") for g in table.groups]
-    paths += [sweep_figure(table, key, folder / f"sweep_{_slug(key)}.png") for key in sweep_keys(rows)]
+    paths = [bar_figure(table, g, folder / f"bars_{slug(g.title)}.png") for g in table.groups]
+    paths += [sweep_figure(table, key, folder / f"sweep_{slug(key)}.png") for key in sweep_keys(rows)]
     paths += [training_figure(log, folder / f"train_{log.stage}_{log.task_id}.png") for log in training]
     return paths

@@ -10,15 +10,12 @@ dropped after the last attempt). A run with curation but no scores yet gets a fu
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcmdpo.report.collect import finished_tasks
+from mcmdpo.curate.outputs import Funnel
 
-CURATE_SPLIT, FUNNEL_JSON = "curate_split", "funnel.json"
 FUNNEL_MD, FUNNEL_CSV = "funnel.md", "funnel.csv"
 STEP_LABELS = {
     "input": "raw records",
@@ -33,62 +30,7 @@ STEP_LABELS = {
     "duplicate_text": "near-duplicate text",
     "dropped_after_max_attempts": "no verified rejected text",
 }
-SPLIT_ORDER = ("sft", "preference", "test")
 CSV_COLUMNS = ("run", "task_id", "section", "step", "label", "dropped", "remaining")
-
-
-@dataclass(frozen=True)
-class Funnel:
-    """The ``funnel.json`` of one finished ``curate_split`` task."""
-
-    run: str
-    task_id: str
-    path: Path
-    doc: Mapping[str, Any]
-
-    @property
-    def steps(self) -> list[Mapping[str, Any]]:
-        return list(self.doc["steps"])
-
-    def splits(self) -> dict[str, int]:
-        """Kept records per output split, in pipeline order (sft, preference, test)."""
-        counts = self.doc.get("splits", {})
-        names = [*[n for n in SPLIT_ORDER if n in counts], *sorted(set(counts) - set(SPLIT_ORDER))]
-        return {n: int(counts[n]) for n in names}
-
-    def work(self) -> dict[str, int]:
-        """LLM work behind the kept records (the third panel), in pipeline order."""
-        grammar, rejected = self.doc.get("grammar", {}), self.doc.get("rejected", {})
-        return {
-            "names replaced": int(self.doc.get("names", {}).get("names_replaced", 0)),
-            "contexts corrected": int(grammar.get("context_corrected", 0)),
-            "alt-texts corrected": int(grammar.get("alt_text_corrected", 0)),
-            "rejected texts generated": int(rejected.get("generated", 0)),
-            "verification attempts": int(rejected.get("verification_attempts", 0)),
-            "dropped after max attempts": int(rejected.get("dropped_after_max_attempts", 0)),
-        }
-
-
-def collect_funnels(
-    run_dir: Path, plan: Mapping[str, Any], keep: set[tuple[str, str]] | None = None
-) -> list[Funnel]:
-    """Funnels of the finished ``curate_split`` tasks of one run (``keep``: only these instances)."""
-    run = str(plan.get("run_name", run_dir.name))
-    return [
-        Funnel(run, folder.name, folder / FUNNEL_JSON, _read(folder / FUNNEL_JSON))
-        for _, _, folder, done in finished_tasks(run_dir, plan, keep, CURATE_SPLIT)
-        if FUNNEL_JSON in done.get("outputs", [])
-    ]
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the curation funnel ({exc})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list) or not doc["steps"]:
-        raise ValueError(f"{path}: field 'steps' missing or empty (not a funnel.json of curate_split?)")
-    return doc
 
 
 def funnel_title(funnel: Funnel, funnels: Sequence[Funnel]) -> str:
@@ -133,9 +75,9 @@ def funnel_markdown(funnels: Sequence[Funnel]) -> str:
 
 def funnel_figure(funnel: Funnel, title: str, path: Path) -> Path:
     """Three panels: the funnel of remaining records, the output splits, the LLM work."""
-    from mcmdpo.report.figures import _figure, save
+    from mcmdpo.report.figures import new_figure, save
 
-    fig, axes = _figure(3, width=4.2, height=0.34 * len(funnel.steps) + 1.6)
+    fig, axes = new_figure(3, width=4.2, height=0.34 * len(funnel.steps) + 1.6)
     _funnel_panel(axes[0][0], funnel.steps)
     splits = funnel.splits()
     _count_panel(axes[0][1], list(splits), list(splits.values()), "output splits", "records")
@@ -178,8 +120,8 @@ def _count_panel(ax: Any, names: list[str], counts: list[int], title: str, xlabe
 
 def write_funnels(funnels: Sequence[Funnel], out: Path, figures: Path | None) -> list[Path]:
     """``funnel.md`` and ``funnel.csv`` in ``out``; one PNG per funnel in ``figures`` (None: none)."""
-    from mcmdpo.artifacts import write_text_atomic
-    from mcmdpo.report.figures import _slug
+    from mcmdpo.batch.artifacts import write_text_atomic
+    from mcmdpo.report.figures import slug
     from mcmdpo.report.results import records_csv
 
     if not funnels:
@@ -190,5 +132,5 @@ def write_funnels(funnels: Sequence[Funnel], out: Path, figures: Path | None) ->
     if figures is not None:
         for f in funnels:
             title = funnel_title(f, funnels)
-            paths.append(funnel_figure(f, title, figures / f"funnel_{_slug(title)}.png"))
+            paths.append(funnel_figure(f, title, figures / f"funnel_{slug(title)}.png"))
     return paths

@@ -12,10 +12,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from mcmdpo.artifacts import write_text_atomic
+from mcmdpo.batch.artifacts import write_text_atomic
 from mcmdpo.report.spec import ReportSpec
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from mcmdpo.report.collect import Collection
+    from mcmdpo.report.compare import Comparison
+    from mcmdpo.report.paper import PaperResults
+    from mcmdpo.report.results import BootstrapConfig, Result
+    from mcmdpo.report.tables import ResultTable
 
 RESULTS_CSV = "results.csv"
 TABLE_MD = "table.md"
@@ -36,15 +45,25 @@ class ReportOutputs:
     out_dir: Path
     files: list[Path]
     markdown: str
-    table: Any
-    results: list[Any]
-    comparisons: list[Any] = field(default_factory=list)
+    table: ResultTable | None
+    results: list[Result]
+    comparisons: list[Comparison] = field(default_factory=list)
 
     def relative(self) -> list[str]:
         return [str(p.relative_to(self.out_dir)) for p in self.files]
 
 
-def _bootstrap(spec: ReportSpec) -> Any:
+@dataclass(frozen=True)
+class Built:
+    """What :func:`build` computed: the collected files, their intervals, the table, the paper's rows."""
+
+    collection: Collection
+    results: list[Result]
+    table: ResultTable
+    paper: PaperResults | None
+
+
+def _bootstrap(spec: ReportSpec) -> BootstrapConfig:
     from mcmdpo.report.results import BootstrapConfig
 
     return BootstrapConfig(spec.resamples, spec.seed, spec.confidence)
@@ -52,14 +71,14 @@ def _bootstrap(spec: ReportSpec) -> Any:
 
 def build(
     run_dirs: Sequence[Path | str], spec: ReportSpec, score_tasks: Sequence[str] | None = None
-) -> tuple[Any, list[Any], Any, Any]:
-    """Collect, compute intervals and build the table: ``(collection, results, table, paper)``."""
+) -> Built:
+    """Collect, compute intervals and build the table."""
     from mcmdpo.report.collect import collect
 
     return build_from(collect(run_dirs, score_tasks), spec)
 
 
-def build_from(collection: Any, spec: ReportSpec) -> tuple[Any, list[Any], Any, Any]:
+def build_from(collection: Collection, spec: ReportSpec) -> Built:
     """:func:`build` on an existing collection."""
     from mcmdpo.report.paper import load_paper_results
     from mcmdpo.report.results import compute_results
@@ -71,7 +90,7 @@ def build_from(collection: Any, spec: ReportSpec) -> tuple[Any, list[Any], Any, 
     config = _bootstrap(spec)
     results = compute_results(collection, config)
     paper = load_paper_results() if spec.paper else None
-    return collection, results, build_table(results, spec.layout, spec.labels, config, paper), paper
+    return Built(collection, results, build_table(results, spec.layout, spec.labels, config, paper), paper)
 
 
 def write_report(
@@ -98,7 +117,8 @@ def write_report(
     funnel_files = write_funnels(collection.funnels, out, out / FIGURES if spec.figures else None)
     if not collection.files and collection.funnels:  # curation only (or no scores yet)
         return ReportOutputs(out, funnel_files, funnel_markdown(collection.funnels), None, [])
-    collection, results, table, paper = build_from(collection, spec)
+    built = build_from(collection, spec)
+    results, table, paper = built.results, built.table, built.paper
     comparisons = compare_rows(table.rows, *compare, _bootstrap(spec)) if compare else []
     markdown = render_markdown(table)
     files = [out / RESULTS_CSV, out / TABLE_MD, out / TABLE_TEX]
@@ -122,7 +142,7 @@ def write_report(
 
 def results_table(
     run_dirs: Sequence[Path | str], layout: str = "auto", labels: dict[str, str] | None = None
-) -> Any | None:
+) -> Table | None:
     """A rich ``Table`` of the scores in ``run_dirs`` (no intervals: fast), or None when none exist yet.
 
     For the end of ``mcmdpo submit`` and the results section of ``mcmdpo status``:
@@ -132,13 +152,13 @@ def results_table(
 
     spec = ReportSpec(layout=layout, labels=labels or {}, resamples=0, figures=False)
     try:
-        _, _, table, _ = build(run_dirs, spec)
+        table = build(run_dirs, spec).table
     except NoResults:
         return None
     return render_rich(table, title="results (" + ", ".join(Path(d).name for d in run_dirs) + ")")
 
 
-def comparison_table(comparisons: Sequence[Any], a: str, b: str) -> Any:
+def comparison_table(comparisons: Sequence[Comparison], a: str, b: str) -> Table:
     """A rich ``Table`` of ``--compare`` results: values, A - B, paired-bootstrap p-value."""
     from rich.table import Table
 
@@ -160,8 +180,8 @@ def comparison_table(comparisons: Sequence[Any], a: str, b: str) -> Any:
 
 def run_spec(run_dir: Path | str) -> ReportSpec:
     """The ``[report]`` section a run was planned with (its plan's recipe), else the defaults."""
-    from mcmdpo.artifacts import read_json
-    from mcmdpo.paths import RunPaths
+    from mcmdpo.batch.artifacts import read_json
+    from mcmdpo.batch.paths import RunPaths
 
     plan = RunPaths(Path(run_dir)).plan
     if plan.is_file():

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from mcmdpo.artifacts import write_text_atomic
+from mcmdpo.batch.artifacts import write_text_atomic
 from mcmdpo.report.collect import Collection, MetricsFile
 from mcmdpo.report.estimators import MetricDef, metric_defs, protocols
 

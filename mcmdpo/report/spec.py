@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from mcmdpo.stage import StageSpec
+from mcmdpo.batch.stage import StageSpec
 
 LAYOUT_NAMES = ("auto", "all", "altext", "altext-coco", "hallucination")
 

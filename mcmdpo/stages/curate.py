@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mcmdpo.batch.stage import Stage, TaskContext, TaskInput, register
 from mcmdpo.curate.spec import CurateSpec, shard_tasks
 from mcmdpo.handoff import CURATE_REPORT as REPORT
 from mcmdpo.handoff import CURATED
-from mcmdpo.stage import Stage, TaskContext, TaskInput, register
 
 
 def curate_tasks(spec: CurateSpec, recipe: Any) -> list[dict[str, Any]]:
@@ -27,11 +27,11 @@ def curate_tasks(spec: CurateSpec, recipe: Any) -> list[dict[str, Any]]:
 
 def run_curate(ctx: TaskContext) -> list[str]:
     """The LLM steps for one shard; resumable per record."""
-    from mcmdpo.artifacts import write_json_atomic
+    from mcmdpo.batch.artifacts import write_json_atomic
     from mcmdpo.curate.names import NameReplacer, resolve_method
     from mcmdpo.curate.pipeline import Curator, curate_items
+    from mcmdpo.evaluation.metrics.predictions import write_predictions
     from mcmdpo.llm import LLMClient
-    from mcmdpo.metrics.predictions import write_predictions
 
     spec: CurateSpec = ctx.spec
     items = shard_items(ctx, spec)
@@ -59,10 +59,10 @@ def run_curate(ctx: TaskContext) -> list[str]:
 
 def shard_items(ctx: TaskContext, spec: CurateSpec) -> list[dict[str, Any]]:
     """The scanned records of this task's shard that de-duplication kept, with absolute image paths."""
-    from mcmdpo.artifacts import read_json
+    from mcmdpo.batch.artifacts import read_json
     from mcmdpo.curate.scan import RECORDS
+    from mcmdpo.evaluation.metrics.predictions import read_predictions
     from mcmdpo.handoff import CURATE_DEDUPE as DEDUPE
-    from mcmdpo.metrics.predictions import read_predictions
 
     scan = _scan_task(ctx.inputs.get("curate_scan", []), ctx.params["shard"])
     dropped = set(read_json(ctx.inputs["curate_dedupe"][0].dir / DEDUPE)["dropped"])

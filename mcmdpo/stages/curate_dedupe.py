@@ -7,8 +7,8 @@ with every cluster listed (the first record in file order is kept).
 
 from __future__ import annotations
 
+from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
 from mcmdpo.handoff import CURATE_DEDUPE as DEDUPE
-from mcmdpo.stage import Stage, StageSpec, TaskContext, register
 
 
 class CurateDedupeSpec(StageSpec):
@@ -17,7 +17,7 @@ class CurateDedupeSpec(StageSpec):
 
 def run_curate_dedupe(ctx: TaskContext) -> list[str]:
     """Cluster the signatures of every ``curate_scan`` task."""
-    from mcmdpo.artifacts import write_json_atomic
+    from mcmdpo.batch.artifacts import write_json_atomic
     from mcmdpo.curate.duplicates import find_duplicates
     from mcmdpo.curate.spec import curate_spec
 

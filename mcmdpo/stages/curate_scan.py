@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mcmdpo.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
 
 
 class CurateScanSpec(StageSpec):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mcmdpo.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
 
 DUPLICATES, MANIFEST = "duplicates.json", "curate.json"
 
@@ -21,13 +21,13 @@ class CurateSplitSpec(StageSpec):
 
 def run_curate_split(ctx: TaskContext) -> list[str]:
     """Merge every shard in file order and write the outputs."""
-    from mcmdpo.artifacts import read_json, write_json_atomic
+    from mcmdpo.batch.artifacts import read_json, write_json_atomic
     from mcmdpo.curate import outputs, prompts
     from mcmdpo.curate.scan import REPORT
     from mcmdpo.curate.spec import curate_spec
+    from mcmdpo.evaluation.metrics.predictions import read_predictions
     from mcmdpo.handoff import CURATE_DEDUPE as DEDUPE
     from mcmdpo.handoff import CURATE_REPORT, CURATED
-    from mcmdpo.metrics.predictions import read_predictions
 
     spec = curate_spec(dict(ctx.recipe))
     scans = [read_json(d / REPORT) for d in ctx.input_dirs("curate_scan")]

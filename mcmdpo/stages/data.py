@@ -18,11 +18,12 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from mcmdpo.artifacts import write_json_atomic
-from mcmdpo.errors import MissingInput
+from mcmdpo.batch.artifacts import write_json_atomic
+from mcmdpo.batch.errors import MissingInput
+from mcmdpo.batch.spec import EnvStr, existing_path
+from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
 from mcmdpo.handoff import DATA_MANIFEST as MANIFEST
-from mcmdpo.spec import EnvStr, existing_path
-from mcmdpo.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.handoff import curated_files
 
 DEMO_DIR = "demo"
 
@@ -69,7 +70,7 @@ class DataSpec(StageSpec):
 def run_data(ctx: TaskContext) -> list[str]:
     """Generate or check the source files; write ``data.json``."""
     spec: DataSpec = ctx.spec
-    from mcmdpo.data import manifest as data_manifest
+    from mcmdpo.method.data import manifest as data_manifest
 
     if spec.source == "demo":
         manifest = data_manifest.demo_manifest(spec, ctx.out_dir / DEMO_DIR, DEMO_DIR)
@@ -80,7 +81,7 @@ def run_data(ctx: TaskContext) -> list[str]:
     else:
         if not ctx.inputs.get("curate_split"):
             raise MissingInput("'curate' needs the [curate] stages in the recipe", field="data.source")
-        manifest = data_manifest.curated_manifest(ctx.inputs["curate_split"][0])
+        manifest = data_manifest.curated_manifest(curated_files(ctx.inputs["curate_split"][0]))
         outputs = [MANIFEST]
     write_json_atomic(ctx.out_dir / MANIFEST, manifest)
     ctx.summary.update({s: info["num_records"] for s, info in manifest["splits"].items()})

@@ -3,9 +3,8 @@
 Models: ``base`` (``[model]``), ``sft`` and ``preference`` (one per sweep point). A task's id hashes only
 what decides its predictions (its model task, the benchmark's files, the generation settings, its
 shard): with a preference sweep the base and SFT models are evaluated once, and changing ``[score]``
-never re-queues a generation. Each task generates its shard with :mod:`mcmdpo.generate` (``engine``
-hf or vllm; batched, resumable through a ledger under ``.work/``) and writes ``predictions.jsonl``
-(``id``, scorer fields, ``prompt``, ``response``, ``model``, ``generation``) and ``generation.json``.
+never re-queues a generation. Each task generates its shard (``engine`` hf or vllm; batched, resumable
+through a ledger under ``.work/``) and writes ``predictions.jsonl`` and ``generation.json``.
 """
 
 from __future__ import annotations
@@ -17,11 +16,13 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from mcmdpo import handoff
-from mcmdpo.benchmarks.sources import BenchmarkSources
-from mcmdpo.errors import ConfigError
-from mcmdpo.generate import GenerationConfig
-from mcmdpo.spec import reject_moved
-from mcmdpo.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.batch.errors import ConfigError
+from mcmdpo.batch.spec import reject_moved
+from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.evaluation.benchmarks.sources import BenchmarkSources
+from mcmdpo.evaluation.generate import GenerationConfig
+from mcmdpo.evaluation.metrics.predictions import GENERATION, PREDICTIONS
+from mcmdpo.method.model import folders
 
 VERSION = 2  # 2: dtype auto = float16 on GPU, llava_v1 template, engine
 MOVED_TO_SCORE = {"": ("protocols", "nltk", "judge"), "objhal": ("extractor", "spacy_model"),
@@ -51,9 +52,7 @@ class EvalSpec(StageSpec, BenchmarkSources):
     engine: Literal["hf", "vllm"] = Field(
         "hf", description="hf: transformers generate; vllm: vLLM offline engine (extra 'vllm', GPU, greedy)"
     )
-    limit: int | None = Field(
-        None, ge=1, description="use only the first N items of each benchmark (smoke runs)"
-    )
+    limit: int | None = Field(None, ge=1, description="only the first N items of each benchmark (smoke runs)")
 
     @model_validator(mode="before")
     @classmethod
@@ -86,7 +85,7 @@ def eval_consumes(params: Mapping[str, Any], stage: str, upstream: Mapping[str, 
     """Its model's task, the base model's ``model.json`` (image mode), the data stage for ``test``."""
     if stage == "data":
         return params["benchmark"] == "test"
-    return stage in ("model", handoff.MODEL_STAGES[params["model"]])
+    return stage in ("model", folders.MODEL_STAGES[params["model"]])
 
 
 def eval_key(spec: EvalSpec, params: Mapping[str, Any], doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,12 +100,13 @@ def eval_key(spec: EvalSpec, params: Mapping[str, Any], doc: Mapping[str, Any]) 
 
 def run_eval(ctx: TaskContext) -> list[str]:
     """Generate predictions for one (model, benchmark, shard); resumable after preemption or a kill."""
-    from mcmdpo.artifacts import content_hash, write_json_atomic
-    from mcmdpo.assets import require_assets
-    from mcmdpo.benchmarks import read_items, shard_items
-    from mcmdpo.generate import generate_items, generation_config, generator_loader
-    from mcmdpo.metrics.predictions import write_predictions
-    from mcmdpo.resumable import mark_complete, reusable
+    from mcmdpo.batch.artifacts import content_hash, write_json_atomic
+    from mcmdpo.batch.resumable import mark_complete, reusable
+    from mcmdpo.evaluation.benchmarks import read_items, shard_items
+    from mcmdpo.evaluation.engines import generator_loader
+    from mcmdpo.evaluation.generate import generate_items, generation_config
+    from mcmdpo.evaluation.metrics.predictions import write_predictions
+    from mcmdpo.evaluation.readiness import require_assets
 
     spec: EvalSpec = ctx.spec
     p = ctx.params
@@ -114,21 +114,21 @@ def run_eval(ctx: TaskContext) -> list[str]:
     model_dir = handoff.eval_model_dir(ctx, p["model"])
     source = handoff.benchmark_source(ctx, ctx.recipe["eval"], p["benchmark"])
     items = shard_items(read_items(p["benchmark"], source, spec.limit), p["shard"], p["num_shards"])
-    config = generation_config(spec, handoff.declared_mode(ctx))
+    config = generation_config(spec, folders.declared_mode(ctx))
     load = generator_loader(config.engine)  # vllm: one clear error here when vLLM or a GPU is missing
     info = {**p, "model_dir": str(model_dir), "source": source, "generation": config.public()}
     key = content_hash(
         {**info, "model_dir": os.path.realpath(model_dir), "limit": spec.limit, "version": VERSION}
     )
     ctx.summary.update(items=len(items), generation_key=key)
-    outputs = [handoff.PREDICTIONS, handoff.GENERATION]
+    outputs = [PREDICTIONS, GENERATION]
     if (done := reusable(ctx.work_dir, ctx.out_dir, key)) is not None:
         ctx.summary.update(done["summary"])
     else:
         fields = {"model": p["model"], "model_path": str(model_dir), "benchmark": p["benchmark"]}
         records, stats = generate_items(ctx, items, model_dir, config, fields, key, load)
-        write_predictions(ctx.out_dir / handoff.PREDICTIONS, records)
-        write_json_atomic(ctx.out_dir / handoff.GENERATION, {**info, "key": key, **stats})
+        write_predictions(ctx.out_dir / PREDICTIONS, records)
+        write_json_atomic(ctx.out_dir / GENERATION, {**info, "key": key, **stats})
         ctx.summary.update({k: v for k, v in stats.items() if k in ("generated_tokens", "tokens_per_s")})
         mark_complete(ctx.work_dir, key, outputs, ctx.summary)
     return outputs

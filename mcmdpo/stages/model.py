@@ -2,7 +2,7 @@
 
 ``tiny``: a random tiny LLaVA-NeXT in ``<task>/model/`` (tokenizer trained on the ``data`` texts, or on a
 built-in corpus: ``corpus = "builtin"``). ``path``: an existing HF folder (``llava-v1.6-vicuna-7b-hf``
-layout; checked at validation, not copied). Both write ``model.json``; see :func:`handoff.upstream_model`.
+layout; checked at validation, not copied). Both write ``model.json`` (read by ``folders.upstream_model``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from mcmdpo import handoff
-from mcmdpo.artifacts import read_json, write_json_atomic
-from mcmdpo.handoff import MODEL_DIR
-from mcmdpo.handoff import MODEL_MANIFEST as MANIFEST
-from mcmdpo.spec import EnvStr, existing_path
-from mcmdpo.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.batch.artifacts import read_json, write_json_atomic
+from mcmdpo.batch.spec import EnvStr, existing_path
+from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.method.model.folders import MODEL_DIR, model_fingerprint, visible_files
+from mcmdpo.method.model.folders import MODEL_MANIFEST as MANIFEST
 
 TINY_FIELDS = ("image_size", "patch_size", "hidden_size", "num_layers", "vocab_size")
 
@@ -88,7 +88,7 @@ def run_model(ctx: TaskContext) -> list[str]:
     """Build the tiny model, or record the external folder; write ``model.json``."""
     spec: ModelSpec = ctx.spec
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    from mcmdpo.model.load import config_summary
+    from mcmdpo.method.model.load import config_summary
 
     if spec.source == "tiny":
         texts, corpus = tokenizer_texts(ctx)
@@ -97,16 +97,16 @@ def run_model(ctx: TaskContext) -> list[str]:
         info.update({k: getattr(spec, k) for k in TINY_FIELDS})
         outputs = [MODEL_DIR, MANIFEST]
     else:
-        from mcmdpo.resumable import link_atomic
+        from mcmdpo.batch.resumable import link_atomic
 
         folder = Path(spec.path or "")
         link_atomic(ctx.out_dir / MODEL_DIR, folder)  # for readers of <task>/model (not an output)
         info = {"source": "path", "path": str(folder)}
         outputs = [MANIFEST]
-    fingerprint = handoff.model_fingerprint(folder)
+    fingerprint = model_fingerprint(folder)
     info.update(mode=spec.mode, fingerprint=fingerprint, config=config_summary(folder))
     write_json_atomic(ctx.out_dir / MANIFEST, info)
-    ctx.summary.update(size_mb=round(sum(f.stat().st_size for f in handoff.visible_files(folder)) / 2**20, 3))
+    ctx.summary.update(size_mb=round(sum(f.stat().st_size for f in visible_files(folder)) / 2**20, 3))
     ctx.log.info("model %s (%s): %s", info["source"], info["fingerprint"][:12], folder)
     return outputs
 
@@ -115,10 +115,10 @@ def tokenizer_texts(ctx: TaskContext) -> tuple[list[str], str]:
     """Texts for the tiny tokenizer and a label of where they came from."""
     tasks = ctx.inputs.get("data")
     if not tasks:
-        from mcmdpo.model.tiny import BUILTIN_CORPUS
+        from mcmdpo.method.model.tiny import BUILTIN_CORPUS
 
         return list(BUILTIN_CORPUS), "builtin"
-    from mcmdpo.data.records import load_records
+    from mcmdpo.method.data.records import load_records
 
     splits = read_json(tasks[0].dir / handoff.DATA_MANIFEST)["splits"]
     split = "train" if "train" in splits else "test"
@@ -132,8 +132,8 @@ def build_tiny(out_dir: Path, texts: Sequence[str], spec: ModelSpec, seed: int) 
     """Build the tiny model in a hidden temp folder inside ``out_dir``, then rename it to ``model/``."""
     from transformers.utils import logging as hf_logging
 
-    from mcmdpo.model import build_tiny_llava
-    from mcmdpo.resumable import atomic_dir
+    from mcmdpo.batch.resumable import atomic_dir
+    from mcmdpo.method.model import build_tiny_llava
 
     hf_logging.disable_progress_bar()  # progress bars garble job log files
     final = out_dir / MODEL_DIR

@@ -1,11 +1,11 @@
 """Stage ``precompute``: preference records -> training-ready HDF5 shards, one shard per array task.
 
-The work is :mod:`mcmdpo.data.build` (records -> samples -> one shard, written under a hidden name and
-renamed when complete, with its ``.report.json``) and :mod:`mcmdpo.data.shards` (the layout). Inputs:
+The work is :mod:`mcmdpo.method.data.build` (records -> samples -> one shard, written under a hidden name and
+renamed when complete, with its ``.report.json``) and :mod:`mcmdpo.method.data.shards` (the layout). Inputs:
 the ``data`` manifest (or ``data_file`` + ``image_root``) and the image processor of the ``model``
 stage (or ``processor_path``, or the built-in LLaVA-1.6 config). Training opens the finished tasks with
 ``PreferenceShards.from_inputs(ctx.inputs["precompute"])``. The fields are :class:`PrecomputeSpec`
-(:mod:`mcmdpo.data.spec`); ``strategy = "auto"`` is resolved from the recipe when it is validated.
+(:mod:`mcmdpo.method.data.spec`); ``strategy = "auto"`` is resolved from the recipe when it is validated.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 from mcmdpo import handoff
-from mcmdpo.artifacts import atomic_path, read_json, write_json_atomic
-from mcmdpo.data.spec import PrecomputeSpec, resolve_precompute
-from mcmdpo.errors import ConfigError
-from mcmdpo.resumable import mark_complete, remove_stale_temps, reusable
-from mcmdpo.stage import Stage, TaskContext, register
+from mcmdpo.batch.artifacts import atomic_path, read_json, write_json_atomic
+from mcmdpo.batch.errors import ConfigError
+from mcmdpo.batch.resumable import mark_complete, remove_stale_temps, reusable
+from mcmdpo.batch.stage import Stage, TaskContext, register
+from mcmdpo.method.data.spec import PrecomputeSpec, resolve_precompute
+from mcmdpo.method.model import folders
 
 __all__ = ["PrecomputeSpec", "precompute_tasks", "run_precompute"]
 
@@ -34,17 +35,17 @@ def precompute_tasks(spec: PrecomputeSpec, doc: dict[str, Any]) -> list[dict[str
 
 def run_precompute(ctx: TaskContext) -> list[str]:
     """Build (or reuse) this task's shard and its report; return both file names."""
-    from mcmdpo.data.build import ShardBuilder, build_shard, provenance
-    from mcmdpo.data.images import load_processor, processor_config
-    from mcmdpo.data.shards import shard_name, shard_range
-    from mcmdpo.noise import RejectedImages
+    from mcmdpo.method.data.build import ShardBuilder, build_shard, provenance
+    from mcmdpo.method.data.images import load_processor, processor_config
+    from mcmdpo.method.data.shards import shard_name, shard_range
+    from mcmdpo.method.noise import RejectedImages
 
     spec = resolve_precompute(ctx.spec, ctx.recipe)  # resolved at validation; "auto" in library use
     shard, num_shards = int(ctx.params["shard"]), int(ctx.params["num_shards"])
     name = shard_name(shard, num_shards)
     final, report_path = ctx.out_dir / f"{name}.h5", ctx.out_dir / f"{name}.report.json"
     source = resolve_source(ctx, spec)
-    processor = load_processor(handoff.processor_dir(ctx, spec.mode, spec.processor_path))
+    processor = load_processor(folders.processor_dir(ctx, spec.mode, spec.processor_path))
     rejected = RejectedImages.from_spec(spec, int(ctx.seed) + spec.seed_offset)
     attrs = provenance(spec, ctx.params, ctx.recipe, source, processor_config(processor), rejected)
     if reusable(ctx.work_dir, ctx.out_dir, attrs["fingerprint"]):
@@ -67,7 +68,7 @@ def run_precompute(ctx: TaskContext) -> list[str]:
 
 def resolve_source(ctx: TaskContext, spec: PrecomputeSpec) -> Any:
     """The split's file and image root, from the data stage (or the spec's own fields)."""
-    from mcmdpo.data.build import Source
+    from mcmdpo.method.data.build import Source
 
     if ctx.inputs.get("data"):
         return Source.from_split(handoff.split_source(ctx.inputs["data"][0], spec.split))

@@ -4,10 +4,10 @@ The policy starts from the ``[sft]`` output when the recipe has one, else from `
 reference log-probs come from the ``[reference]`` stage (``reference = "offline"``, default; computed
 once from the same starting model, checked by fingerprint) or from a frozen copy of the starting
 model that scores every micro-batch (``reference = "online"``). Samples are the ``[precompute]``
-shards; the loss is ``[preference.loss]`` (:class:`mcmdpo.losses.PreferenceLoss`). Policy log-probs use
+shards; the loss is ``[preference.loss]`` (:class:`mcmdpo.method.losses.PreferenceLoss`). Policy log-probs use
 the shared engine (vision once + prefix tree) unless ``engine = "naive"``. Sequences longer than
 ``max_length`` are refused before training (no truncation: the offline reference scores the full
-answers). Checkpoints, resume and preemption: :mod:`mcmdpo.train.loop`.
+answers). Checkpoints, resume and preemption: :mod:`mcmdpo.method.train.loop`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mcmdpo import handoff
-from mcmdpo.errors import ConfigError
-from mcmdpo.stage import Stage, TaskContext, register
-from mcmdpo.train.spec import PreferenceSpec
+from mcmdpo.batch.errors import ConfigError
+from mcmdpo.batch.stage import Stage, TaskContext, register
+from mcmdpo.method.model import folders
+from mcmdpo.method.train.spec import PreferenceSpec
 
 
 def preference_tasks(spec: PreferenceSpec, doc: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -34,12 +34,12 @@ def preference_tasks(spec: PreferenceSpec, doc: Mapping[str, Any]) -> list[dict[
 
 def run_preference(ctx: TaskContext) -> list[str]:
     """Preference-train the starting model; export ``model/``."""
-    from mcmdpo.losses import PreferenceLoss
-    from mcmdpo.train.loop import run_training
-    from mcmdpo.train.objectives import PreferenceObjective
+    from mcmdpo.method.losses import PreferenceLoss
+    from mcmdpo.method.train.loop import run_training
+    from mcmdpo.method.train.objectives import PreferenceObjective
 
     spec: PreferenceSpec = ctx.spec
-    init = handoff.init_model_dir(ctx, prefer=("sft", "model"))
+    init = folders.init_model_dir(ctx, prefer=("sft", "model"))
     loss = PreferenceLoss.from_spec(spec.loss)
 
     def objective(source: Any, model: Any, processor: Any) -> PreferenceObjective:
@@ -54,21 +54,21 @@ def run_preference(ctx: TaskContext) -> list[str]:
 
 def offline_reference(ctx: TaskContext, source: Any, init: Path, conditions: tuple[str, ...]) -> Any:
     """The ``reference`` stage's log-probs, checked against the shards and the starting model."""
-    from mcmdpo.data.reference_logprobs import ReferenceLogprobs
-    from mcmdpo.train.objectives import OfflineReference
+    from mcmdpo.method.data.reference_logprobs import ReferenceLogprobs
+    from mcmdpo.method.train.objectives import OfflineReference
 
     tasks = ctx.inputs.get("reference")
     if not tasks:
         raise ConfigError("preference.reference = 'offline' needs the [reference] stage's log-probs")
     table = ReferenceLogprobs.from_inputs(tasks)
-    table.check_serves(source.shards, handoff.model_fingerprint(init), source.mode, conditions, init)
+    table.check_serves(source.shards, folders.model_fingerprint(init), source.mode, conditions, init)
     return OfflineReference(table, conditions)
 
 
 def online_reference(init: Path, spec: PreferenceSpec, mode: str, conditions: tuple[str, ...]) -> Any:
     """A frozen copy of the starting model on this rank's device, in the training dtype."""
-    from mcmdpo.model.load import load_frozen
-    from mcmdpo.train.objectives import OnlineReference
+    from mcmdpo.method.model.load import load_frozen
+    from mcmdpo.method.train.objectives import OnlineReference
 
     dtype = "bfloat16" if spec.precision == "bf16" else "float32"
     model, _ = load_frozen(init, mode, dtype)  # type: ignore[arg-type]

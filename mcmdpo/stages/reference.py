@@ -3,8 +3,8 @@
 One array task per precompute shard. A task loads the reference model (the ``sft`` output when the
 recipe has an ``[sft]`` stage, else the ``[model]`` checkpoint), scores the shard's samples in fixed
 batches under ``torch.no_grad`` (fp32 by default; sums in float64) from the same token sequences the
-policy uses (:class:`mcmdpo.samples.SampleSource`), and writes ``logprobs.h5`` atomically (layout:
-:mod:`mcmdpo.data.reference_logprobs`). Finished batches go to a ledger under ``.work/``; a requeued
+policy uses (:class:`mcmdpo.method.samples.SampleSource`), and writes ``logprobs.h5`` atomically (layout:
+:mod:`mcmdpo.method.data.reference_logprobs`). Finished batches go to a ledger under ``.work/``; a requeued
 or killed task continues after the last one, with the same fixed batches, so it computes exactly
 what an uninterrupted one does. With ``[preference] reference = "online"`` this stage has no tasks.
 """
@@ -18,8 +18,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from mcmdpo import handoff
-from mcmdpo.conditions import CONDITIONS, Condition
-from mcmdpo.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.method.conditions import CONDITIONS, Condition
+from mcmdpo.method.model import folders
 
 
 class ReferenceSpec(StageSpec):
@@ -57,20 +58,20 @@ def reference_tasks(spec: ReferenceSpec, doc: Mapping[str, Any]) -> list[dict[st
 
 def run_reference(ctx: TaskContext) -> list[str]:
     """Score this task's precompute shard with the reference model; write ``logprobs.h5``."""
-    from mcmdpo.data.reference_logprobs import OUTPUT
-    from mcmdpo.data.shards import PreferenceShards
-    from mcmdpo.resumable import BatchLedger, mark_complete, reusable
+    from mcmdpo.batch.resumable import BatchLedger, mark_complete, reusable
+    from mcmdpo.method.data.reference_logprobs import OUTPUT
+    from mcmdpo.method.data.shards import PreferenceShards, shard_input
 
     spec: ReferenceSpec = ctx.spec
-    shards = PreferenceShards([handoff.shard_input(ctx)])
-    model_path = handoff.upstream_model(ctx, prefer=("sft", "model"))
+    shards = PreferenceShards([shard_input(ctx)])
+    model_path = folders.upstream_model(ctx, prefer=("sft", "model"))
     attrs = file_attrs(ctx, spec, shards, model_path)
     if not reusable(ctx.work_dir, ctx.out_dir, attrs["key"]):
-        from mcmdpo.reference import score_shard
+        from mcmdpo.method.reference import score_shard
 
         values, ctx.summary["resumed_from"] = score_shard(ctx, spec, shards, model_path, attrs)
         meta = shards.readers[0].meta
-        from mcmdpo.data.reference_logprobs import write_logprobs
+        from mcmdpo.method.data.reference_logprobs import write_logprobs
 
         write_logprobs(ctx.out_dir / OUTPUT, values, meta["ids"], meta["positions"], attrs)
         mark_complete(ctx.work_dir, attrs["key"], [OUTPUT])
@@ -82,20 +83,20 @@ def run_reference(ctx: TaskContext) -> list[str]:
 
 def file_attrs(ctx: TaskContext, spec: ReferenceSpec, shards: Any, model_path: Path) -> dict[str, Any]:
     """What decides the values (hashed into ``key``) and provenance facts."""
-    from mcmdpo.artifacts import file_hash
-    from mcmdpo.data.reference_logprobs import reference_attrs
-    from mcmdpo.model.load import resolve_device
+    from mcmdpo.batch.artifacts import file_hash
+    from mcmdpo.method.data.reference_logprobs import reference_attrs
+    from mcmdpo.method.model.load import resolve_device
 
     reader = shards.readers[0]
     mode = str(reader.attrs.get("mode", "pad"))
-    declared = handoff.declared_mode(ctx)
+    declared = folders.declared_mode(ctx)
     if declared and declared != mode:
         ctx.log.warning(
             "[model] mode is %r but the precompute shard is %r: scoring in %r", declared, mode, mode
         )
     content = {
         "conditions": list(spec.conditions),
-        "reference_fingerprint": handoff.model_fingerprint(model_path),
+        "reference_fingerprint": folders.model_fingerprint(model_path),
         **spec.model_dump(include={"engine", "batch_size", "dtype"}),
         "mode": mode,
         "device": resolve_device(spec.device).split(":")[0],

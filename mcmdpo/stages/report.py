@@ -9,9 +9,9 @@ of the training tasks upstream of them (for the training curves), and writes int
 
 from __future__ import annotations
 
-from mcmdpo.errors import StateError
+from mcmdpo.batch.errors import StateError
+from mcmdpo.batch.stage import Stage, TaskContext, register
 from mcmdpo.report.spec import ReportSpec
-from mcmdpo.stage import Stage, TaskContext, register
 
 VERSION = 1
 

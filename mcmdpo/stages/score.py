@@ -5,7 +5,7 @@ It runs wherever ``[eval]`` does (``implied_by``) and owns the scoring settings:
 extractor) and ``[score.amber]`` (noun matching). Benchmark files come from ``[eval.<name>]``. One CPU
 task per (model, benchmark) reads exactly the eval shards of that pair, so changing a scoring setting
 re-runs only scoring, and a base model shared by sweep points is scored once. Outputs and the metrics
-JSON format: :mod:`mcmdpo.scoring`.
+JSON format: :mod:`mcmdpo.evaluation.scoring`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any, Literal
 from pydantic import Field
 
 from mcmdpo import handoff
-from mcmdpo.benchmarks.amber import AmberScoring
-from mcmdpo.benchmarks.objhal import ObjHalScoring
-from mcmdpo.errors import ConfigError
-from mcmdpo.metrics.judge import JudgeSpec
-from mcmdpo.metrics.nlp import NltkSpec
-from mcmdpo.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.batch.errors import ConfigError
+from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.evaluation.benchmarks.amber import AmberScoring
+from mcmdpo.evaluation.benchmarks.objhal import ObjHalScoring
+from mcmdpo.evaluation.metrics.judge import JudgeSpec
+from mcmdpo.evaluation.metrics.nlp import NltkSpec
 
 VERSION = 1
 
@@ -40,7 +40,7 @@ class ScoreSpec(StageSpec):
 
 def score_tasks(spec: ScoreSpec, doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One task per (model, benchmark) of the recipe's ``[eval]`` section."""
-    from mcmdpo.benchmarks import get_benchmark
+    from mcmdpo.evaluation.benchmarks import get_benchmark
 
     section = doc.get("eval")
     if not isinstance(section, Mapping):
@@ -69,8 +69,8 @@ def score_key(spec: ScoreSpec, params: Mapping[str, Any], doc: Mapping[str, Any]
 
 def run_score(ctx: TaskContext) -> list[str]:
     """Merge one (model, benchmark)'s shards and compute its metrics."""
-    from mcmdpo.assets import require_assets
-    from mcmdpo.scoring import ScoreJob, score_job, task_points
+    from mcmdpo.evaluation.readiness import require_assets
+    from mcmdpo.evaluation.scoring import ScoreJob, score_job, task_points
 
     model, benchmark = ctx.params["model"], ctx.params["benchmark"]
     require_assets(handoff.stage_spec(ctx.recipe, "eval"), ctx.spec, [benchmark])

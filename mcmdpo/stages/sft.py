@@ -7,7 +7,7 @@ or the curation's ``sft.json``) that the ``sft_data`` stage stores as shards of 
 decoded in DataLoader workers here (multi-turn conversations: every answer is supervised).
 Sequences longer than ``max_length`` are cut at the end. Output: ``<task>/model/`` (HF folder),
 ``metrics.jsonl``, ``train.json``; the ``reference`` and ``preference`` stages start from it
-automatically. Checkpoints, resume and preemption: :mod:`mcmdpo.train.loop`.
+automatically. Checkpoints, resume and preemption: :mod:`mcmdpo.method.train.loop`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from mcmdpo import handoff
-from mcmdpo.errors import ConfigError
-from mcmdpo.stage import Stage, TaskContext, register
-from mcmdpo.train.spec import SftSpec
+from mcmdpo.batch.errors import ConfigError
+from mcmdpo.batch.stage import Stage, TaskContext, register
+from mcmdpo.method.model import folders
+from mcmdpo.method.train.spec import SftSpec
 
 
 def sft_uses(spec: SftSpec, doc: Mapping[str, Any]) -> tuple[str, ...]:
@@ -39,11 +39,11 @@ def sft_tasks(spec: SftSpec, doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def run_sft(ctx: TaskContext) -> list[str]:
     """Fine-tune the base model on the SFT data; export ``model/``."""
-    from mcmdpo.train.loop import conversation_data, run_training
-    from mcmdpo.train.objectives import SftObjective
+    from mcmdpo.method.train.loop import conversation_data, run_training
+    from mcmdpo.method.train.objectives import SftObjective
 
     spec: SftSpec = ctx.spec
-    init = handoff.init_model_dir(ctx, prefer=("model",))
+    init = folders.init_model_dir(ctx, prefer=("model",))
     files = spec.data != "preference"
 
     def objective(source: Any, model: Any, processor: Any) -> SftObjective:

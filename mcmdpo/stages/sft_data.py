@@ -4,7 +4,7 @@ Runs when ``[sft] data`` is ``files`` (its ``[[sft.files]]``, e.g. TAlt + PAlt =
 ``curate`` (the ``curate_split`` stage's ``sft.json`` + ``images/``). Task k of N reads the texts of
 every source (source 0's records, then source 1's, ...), checks and decodes the images of positions
 ``[k*n//N, (k+1)*n//N)`` once (bad images are bad records), and stores them still encoded (or their
-paths): :mod:`mcmdpo.data.sft_shards`. The ``sft`` stage decodes and preprocesses them in DataLoader
+paths): :mod:`mcmdpo.method.data.sft_shards`. The ``sft`` stage decodes and preprocesses them in DataLoader
 workers. A task's id hashes ``[sft_data]`` and the data fields of ``[sft]`` only (a learning-rate
 change does not rebuild the shards). Output: ``shard-KKKKK-of-NNNNN.h5`` + ``.report.json`` (kept and
 skipped records per source, skipped records with their reasons).
@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from mcmdpo import handoff
-from mcmdpo.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
 
 VERSION = 1
 
@@ -56,10 +56,10 @@ def sft_data_key(spec: SftDataSpec, params: Mapping[str, Any], doc: Mapping[str,
 
 def run_sft_data(ctx: TaskContext) -> list[str]:
     """Build (or reuse) this task's shard and its report."""
-    from mcmdpo.artifacts import atomic_path, content_hash, read_json, write_json_atomic
-    from mcmdpo.data.sft_shards import SftShardWriter, build_sft_shard
-    from mcmdpo.data.shards import shard_name
-    from mcmdpo.resumable import mark_complete, pause_for_tests, remove_stale_temps, reusable
+    from mcmdpo.batch.artifacts import atomic_path, content_hash, read_json, write_json_atomic
+    from mcmdpo.batch.resumable import mark_complete, pause_for_tests, remove_stale_temps, reusable
+    from mcmdpo.method.data.sft_shards import SftShardWriter, build_sft_shard
+    from mcmdpo.method.data.shards import shard_name
 
     spec: SftDataSpec = ctx.spec
     shard, num_shards = int(ctx.params["shard"]), int(ctx.params["num_shards"])

@@ -1,0 +1,1 @@
+"""Evaluation: generation, benchmarks, metrics, scoring and the assets they need."""

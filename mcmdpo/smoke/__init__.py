@@ -1,0 +1,1 @@
+"""Smoke support: stand-in data and models for the paper recipes, test fixtures, cost estimates."""
