@@ -58,7 +58,8 @@ def model_doc(model: type, first_paragraph: bool = False) -> str:
     """The model's own docstring (not inherited) as Markdown, without a leading ``[section]:``."""
     doc = inspect.cleandoc(model.__dict__.get("__doc__") or "")
     doc = markdown(doc.split("\n\n")[0] if first_paragraph else doc)
-    return re.sub(r"^`\[[^`]*\]`(:\s*|\s+(?=\())", "", doc)
+    doc = re.sub(r"^`\[[^`]*\]`(:\s*|\s+(?=\())", "", doc)
+    return doc[:1].upper() + doc[1:]
 
 
 def cell(text: str) -> str:
