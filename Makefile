@@ -1,5 +1,5 @@
 # The README's two commands are `make demo` and `make test`; each sets up .venv first.
-.PHONY: setup demo test test-fast lint bench bench-gpu smoke-paper slurm-up slurm-down
+.PHONY: setup demo test test-fast lint docs bench bench-gpu smoke-paper slurm-up slurm-down
 
 # bench-gpu runs where the GPU is: that node's python unless this checkout has a .venv
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
@@ -21,6 +21,10 @@ test-fast: setup
 
 lint: setup
 	.venv/bin/ruff check mcmdpo tests tools bench && .venv/bin/ruff format --check mcmdpo tests tools bench
+
+# The recipe reference docs/reference/*.md, rendered from the specs (tests/test_docs.py says when it is stale).
+docs: setup
+	.venv/bin/python -m mcmdpo.batch.reference docs/reference
 
 bench: setup
 	for b in bench/*.py; do [ $$b = bench/gpu_suite.py ] || .venv/bin/python $$b || exit 1; done
