@@ -23,12 +23,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.batch.artifacts import read_json
 from mcmdpo.batch.errors import ConfigError, MissingInput, StateError
-from mcmdpo.batch.stage import TaskContext, TaskInput
+from mcmdpo.batch.stage import StageSpec, TaskContext, TaskInput
 from mcmdpo.method.model.folders import MODEL_STAGES, model_dir
+
+if TYPE_CHECKING:
+    from mcmdpo.method.data.sft_shards import SftSource
 
 DATA_MANIFEST = "data.json"
 CURATE_DEDUPE = "dedupe.json"
@@ -103,7 +106,7 @@ def curated_files(task: TaskInput) -> dict[str, Path]:
     return {key: Path(task.dir) / name for key, name in names.items()}
 
 
-def sft_sources(ctx: TaskContext, sft: Mapping[str, Any]) -> list[Any]:
+def sft_sources(ctx: TaskContext, sft: Mapping[str, Any]) -> list[SftSource]:
     """The SFT sources of the ``[sft]`` section: its ``files``, or the curation's ``sft.json``."""
     from mcmdpo.method.data.sft_shards import SftSource
 
@@ -180,7 +183,7 @@ def eval_model_dir(ctx: TaskContext, model: str) -> Path:
     return folder
 
 
-def stage_spec(doc: Mapping[str, Any], stage: str) -> Any:
+def stage_spec(doc: Mapping[str, Any], stage: str) -> StageSpec:
     """The validated spec of ``doc[stage]`` (its defaults when absent), through the stage registry."""
     from mcmdpo.batch.stage import get_stage
 

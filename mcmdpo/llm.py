@@ -33,13 +33,18 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import Field
 
 from mcmdpo.batch.artifacts import canonical_json, content_hash
 from mcmdpo.batch.errors import McmdpoError
 from mcmdpo.batch.spec import EnvStr, Spec
+
+if TYPE_CHECKING:
+    import openai
+    from openai import AsyncOpenAI
+    from openai.types.chat import ChatCompletion
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +253,7 @@ class LLMClient:
         self.cache = ReplyCache(Path(folder), spec.model) if folder is not None else None
         self.stats: dict[str, int] = {"requests": 0, "cached": 0, "retries": 0}
         self.served: Counter[str] = Counter()
-        self._session: tuple[Any, Any, asyncio.Semaphore] | None = None
+        self._session: tuple[asyncio.AbstractEventLoop, AsyncOpenAI, asyncio.Semaphore] | None = None
 
     # ------------------------------------------------------------ sync entry points
 
@@ -323,7 +328,7 @@ class LLMClient:
             body["max_tokens"] = tokens
         return body
 
-    def _bind(self) -> tuple[Any, Any, asyncio.Semaphore]:
+    def _bind(self) -> tuple[asyncio.AbstractEventLoop, AsyncOpenAI, asyncio.Semaphore]:
         """The openai client and semaphore of the running event loop (made on first use)."""
         from openai import AsyncOpenAI
 
@@ -343,7 +348,7 @@ class LLMClient:
             session, self._session = self._session, None
             await session[1].close()
 
-    async def _post_with_retries(self, client: Any, body: Mapping[str, Any]) -> LLMReply:
+    async def _post_with_retries(self, client: AsyncOpenAI, body: Mapping[str, Any]) -> LLMReply:
         last = ""
         for attempt in range(1, self.spec.max_retries + 2):
             self.stats["requests"] += 1
@@ -374,7 +379,7 @@ class LLMClient:
         base = min(self.max_backoff_s, self.spec.backoff_s * 2 ** (attempt - 1))
         return base * (0.5 + random.random() / 2)  # jitter: spread the retries of concurrent requests
 
-    async def _post(self, client: Any, body: Mapping[str, Any]) -> Any:
+    async def _post(self, client: AsyncOpenAI, body: Mapping[str, Any]) -> ChatCompletion:
         import openai
 
         try:
@@ -388,7 +393,7 @@ class LLMClient:
         except openai.APIError as exc:  # a 200 whose body is not a completion
             raise _Retryable(f"bad reply: {type(exc).__name__}: {str(exc)[:200]}") from None
 
-    def _status_error(self, exc: Any) -> Exception:
+    def _status_error(self, exc: openai.APIStatusError) -> Exception:
         status = exc.status_code
         detail = (exc.response.text or "").replace("\n", " ")[:300]
         if status in RETRY_STATUS or status >= 500:
@@ -406,14 +411,15 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _reply(completion: Any, attempt: int, requested: str) -> LLMReply:
+def _reply(completion: ChatCompletion, attempt: int, requested: str) -> LLMReply:
     try:
         content = completion.choices[0].message.content
     except (AttributeError, IndexError, TypeError):
         raise _Retryable(f"reply without choices[0].message.content: {str(completion)[:200]}") from None
     if not isinstance(content, str):
         raise _Retryable("reply content is not a string")
-    usage = completion.usage.model_dump(exclude_none=True) if getattr(completion, "usage", None) else {}
+    stats = getattr(completion, "usage", None)
+    usage = stats.model_dump(exclude_none=True) if stats else {}
     return LLMReply(content, str(getattr(completion, "model", "") or requested), False, attempt, usage)
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mcmdpo.curate.spec import FilterSpec
+
+if TYPE_CHECKING:
+    from py3langid.langid import LanguageIdentifier
 
 HASHTAG = re.compile(r"(?<![\w&])#\w")
 """``#`` + a word character, not inside a word (``C#``) or an HTML entity (``&#39;``)."""
@@ -27,7 +30,7 @@ def word_count(text: str) -> int:
 
 
 @lru_cache(maxsize=1)
-def _identifier() -> Any:
+def _identifier() -> LanguageIdentifier:
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)

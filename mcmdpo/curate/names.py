@@ -13,13 +13,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.curate.prompts import names_messages, parse_names
 from mcmdpo.curate.spec import NamesSpec
 
+if TYPE_CHECKING:
+    from spacy.language import Language
 
-def resolve_method(spec: NamesSpec) -> tuple[str, Any]:
+
+def resolve_method(spec: NamesSpec) -> tuple[str, Language | None]:
     """(method actually used, the loaded spaCy pipeline or None)."""
     if spec.method in ("auto", "spacy"):
         try:
@@ -45,7 +48,7 @@ def replace_names(text: str, names: Sequence[str], replacement: str) -> tuple[st
     return text, total
 
 
-def spacy_names(nlp: Any, text: str) -> list[str]:
+def spacy_names(nlp: Language, text: str) -> list[str]:
     return [ent.text for ent in nlp(text).ents if ent.label_ == "PERSON"]
 
 

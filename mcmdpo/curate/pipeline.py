@@ -28,6 +28,7 @@ from typing import Any
 
 from mcmdpo.curate.names import NameReplacer
 from mcmdpo.curate.prompts import (
+    GrammarVerdict,
     grammar_messages,
     parse_choice,
     parse_grammar,
@@ -42,7 +43,7 @@ from mcmdpo.llm import LLMClient, gather_limited
 SPLITS = ("sft", "preference", "test")
 
 
-def split_of(record_id: Any, spec: SplitSpec) -> str:
+def split_of(record_id: int | str, spec: SplitSpec) -> str:
     """``sft`` / ``preference`` / ``test`` from sha256(salt, id): deterministic, order-independent."""
     from mcmdpo.evaluation.metrics.predictions import id_key
 
@@ -85,7 +86,7 @@ class Curator:
             out.update(await self.rejected(context, alt))
         return out
 
-    async def _grammar(self, text: str) -> Any:
+    async def _grammar(self, text: str) -> GrammarVerdict:
         reply = await self.client.acomplete(grammar_messages(text))
         return parse_grammar(reply.content, text)
 

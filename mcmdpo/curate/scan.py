@@ -18,7 +18,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from mcmdpo.curate.raw import RawRecord, read_shard
 from mcmdpo.curate.signatures import NUM_PERM, minhash, phash
 from mcmdpo.curate.spec import CurateSpec
 from mcmdpo.method.data.records import BadRecord
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 RECORDS, SIGNATURES, REPORT, IMAGES = "records.jsonl", "signatures.npz", "scan.json", "images"
 SCAN_STEPS = ("bad_record", "hashtag", "min_words", "language", "bad_image", "non_static")
@@ -85,7 +88,7 @@ class Scanner:
         self.result.skipped.append(record.bad(self.file, code, detail).as_dict())
         return step
 
-    def _image(self, record: RawRecord) -> tuple[Path | bytes, Any]:
+    def _image(self, record: RawRecord) -> tuple[Path | bytes, Image.Image]:
         from mcmdpo.method.data.images import ImageError, load_image
         from mcmdpo.method.data.records import UnsafePath, resolve_image
 
@@ -103,7 +106,7 @@ class Scanner:
             raise record.bad(self.file, exc.code, str(exc)) from None
         return source, image
 
-    def _add(self, record: RawRecord, source: Path | bytes, image: Any, fmt: str) -> None:
+    def _add(self, record: RawRecord, source: Path | bytes, image: Image.Image, fmt: str) -> None:
         if isinstance(source, bytes):
             name = f"{IMAGES}/{record.position:09d}{EXTENSIONS.get(fmt, '.img')}"
             with atomic_path(self.out_dir / name) as tmp:

@@ -23,10 +23,14 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mcmdpo.batch.artifacts import file_hash
 from mcmdpo.batch.errors import McmdpoError
+
+if TYPE_CHECKING:
+    from mcmdpo.evaluation.metrics.judge import JudgeSpec
+    from mcmdpo.evaluation.metrics.nlp import NltkSpec
 
 NLTK_HOW = (
     "python -m nltk.downloader -d DIR punkt_tab wordnet averaged_perceptron_tagger_eng on a connected "
@@ -178,7 +182,9 @@ def spacy_model_status(model: str, needed_by: str, optional: bool) -> list[Asset
     return out
 
 
-def text_assets(nltk: Any, needed_by: str, tokenize: bool, lemmatize: bool, tag: bool) -> list[AssetStatus]:
+def text_assets(
+    nltk: NltkSpec, needed_by: str, tokenize: bool, lemmatize: bool, tag: bool
+) -> list[AssetStatus]:
     """NLTK package and data needed under the recipe's ``[score.nltk]`` modes (an ``NltkSpec``)."""
     from mcmdpo.evaluation.metrics import nlp
 
@@ -201,7 +207,7 @@ def text_assets(nltk: Any, needed_by: str, tokenize: bool, lemmatize: bool, tag:
     return out
 
 
-def judge_key_status(judge: Any, needed_by: str) -> AssetStatus:
+def judge_key_status(judge: JudgeSpec | None, needed_by: str) -> AssetStatus:
     """The judge's API key variable is set (its value is never read into the report)."""
     env = judge.api_key_env if judge else "OPENAI_API_KEY"
     if not env:

@@ -22,10 +22,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mcmdpo.batch.errors import InputError
 from mcmdpo.evaluation.benchmarks import Item
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, ProcessorMixin
+
+    from mcmdpo.batch.stage import TaskContext
 
 UPSTREAM = {"template": "llava_v1", "dtype": "float16", "num_beams": 3}
 """Upstream ``mcmdpo_inference.py``'s settings (``conv_templates['llava_v1']``, fp16, ``--num_beams 3``)."""
@@ -110,7 +116,7 @@ GeneratorFactory = Callable[[Path, "GenerationConfig"], Generator]
 class BatchGenerator:
     """Batched generation for one loaded model: left padding, pad/anyres features, KV cache."""
 
-    def __init__(self, model: Any, processor: Any, config: GenerationConfig) -> None:
+    def __init__(self, model: PreTrainedModel, processor: ProcessorMixin, config: GenerationConfig) -> None:
         self.model, self.processor, self.config = model, processor, config
         self.tokenizer = processor.tokenizer
         if self.tokenizer.pad_token_id is None:
@@ -145,7 +151,9 @@ class BatchGenerator:
             )
         return [self._decode(row) for row in out[:, input_ids.shape[1] :].tolist()]
 
-    def _inputs(self, items: Sequence[Item]) -> tuple[list[list[int]], list[Any], list[Any]]:
+    def _inputs(
+        self, items: Sequence[Item]
+    ) -> tuple[list[list[int]], list[torch.Tensor], list[tuple[int, int]]]:
         from mcmdpo.method.data.images import ImageError, load_image
         from mcmdpo.method.model import encode_prompt, num_image_tokens, preprocess_image
 
@@ -167,7 +175,7 @@ class BatchGenerator:
             sizes.append(prep["image_size"])
         return ids, pixels, sizes
 
-    def _left_pad(self, ids: Sequence[Sequence[int]]) -> tuple[Any, Any]:
+    def _left_pad(self, ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
         longest = max(len(i) for i in ids)
@@ -203,7 +211,7 @@ def _cuda() -> bool:
 
 
 def generate_items(
-    ctx: Any,
+    ctx: TaskContext,
     items: Sequence[Item],
     model_dir: Path,
     config: GenerationConfig,

@@ -5,11 +5,14 @@ loading a model (:func:`require_assets`)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.evaluation.assets import AssetsMissing, AssetStatus, format_assets, package_status
 from mcmdpo.evaluation.benchmarks import get_benchmark
 from mcmdpo.evaluation.vllm_engine import INSTALL_HINT
+
+if TYPE_CHECKING:
+    from mcmdpo.batch.recipe import Recipe
 
 
 def check_eval(
@@ -24,7 +27,7 @@ def check_eval(
     return _unique(statuses)
 
 
-def check_recipe(recipe: Any, checksums: bool = False) -> list[AssetStatus]:
+def check_recipe(recipe: Recipe, checksums: bool = False) -> list[AssetStatus]:
     """Every external resource the recipe's benchmarks need (empty without an ``[eval]`` section)."""
     stages = getattr(recipe, "stages", {})
     if "eval" not in stages:

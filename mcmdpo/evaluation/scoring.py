@@ -26,12 +26,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.batch.artifacts import read_json, write_json_atomic
 from mcmdpo.batch.stage import TaskInput
 from mcmdpo.evaluation.metrics.predictions import GENERATION, PREDICTIONS
 from mcmdpo.method.model.folders import MODEL_STAGES
+
+if TYPE_CHECKING:
+    from mcmdpo.evaluation.metrics.judge import JudgeClient
 
 
 @dataclass(frozen=True)
@@ -60,12 +63,12 @@ def merge_shards(job: ScoreJob, out_dir: Path) -> tuple[list[dict[str, Any]], st
     return read_predictions(out_dir / rel), rel
 
 
-def judge_factory(settings: Any, cache_dir: Path) -> Callable[[], Any] | None:
+def judge_factory(settings: Any, cache_dir: Path) -> Callable[[], JudgeClient] | None:
     """Builds the ``[score.judge]`` client with its reply cache (None without a judge)."""
     if settings.judge is None:
         return None
 
-    def build() -> Any:
+    def build() -> JudgeClient:
         from mcmdpo.evaluation.metrics.judge import JudgeClient
 
         return JudgeClient(settings.judge, cache_dir=settings.judge.cache_dir or cache_dir)
@@ -93,8 +96,9 @@ def score_job(job: ScoreJob, settings: Any, out_dir: Path, run_dir: Path, recipe
     return [merged, f"{rel}.json", f"{rel}.samples.jsonl"], len(records)
 
 
-def document(job: ScoreJob, kind: str, records: Sequence[Any], metrics: Any, deviations: Sequence[str],
-             recipe: Mapping[str, Any], points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:  # fmt: skip
+def document(job: ScoreJob, kind: str, records: Sequence[Mapping[str, Any]], metrics: Any,
+             deviations: Sequence[str], recipe: Mapping[str, Any],
+             points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:  # fmt: skip
     """The metrics JSON of one (model, benchmark) (see the module docstring)."""
     from mcmdpo.evaluation.generate import generation_deviations
     from mcmdpo.evaluation.metrics.nlp import versions

@@ -32,6 +32,11 @@ from typing import TYPE_CHECKING, Any
 from mcmdpo.batch.errors import McmdpoError
 
 if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
+    from vllm import LLM
+
     from mcmdpo.evaluation.benchmarks import Item
     from mcmdpo.evaluation.generate import GenerationConfig
 
@@ -111,7 +116,9 @@ class VllmRequests:
     """vLLM prompts for eval items: token ids with one image placeholder, and the image (PIL, for
     vLLM's own LLaVA-NeXT processing) or, in pad mode, its features from ``encoder``."""
 
-    def __init__(self, processor: Any, config: GenerationConfig, encoder: PadEncoder | None) -> None:
+    def __init__(
+        self, processor: ProcessorMixin, config: GenerationConfig, encoder: PadEncoder | None
+    ) -> None:
         self.processor, self.config, self.encoder = processor, config, encoder
 
     def prompt(self, item: Item) -> str:
@@ -149,7 +156,7 @@ class PadEncoder:
             getattr(self.model.model, name).to(device)
         self.model.model.image_newline.data = self.model.model.image_newline.data.to(device)
 
-    def features(self, image: Any) -> Any:
+    def features(self, image: Image.Image) -> torch.Tensor:
         """``[1, feature tokens, hidden]`` on the host, for one PIL image."""
         import torch
 
@@ -161,7 +168,7 @@ class PadEncoder:
         return feats.unsqueeze(0).cpu()
 
 
-def _make_llm(model_dir: Path, *, embeds: bool, **kwargs: Any) -> Any:
+def _make_llm(model_dir: Path, *, embeds: bool, **kwargs: Any) -> LLM:
     """``vllm.LLM`` for one image per prompt; ``enable_mm_embeds`` where this vLLM has the switch."""
     from vllm import LLM
     from vllm.engine.arg_utils import EngineArgs
@@ -171,7 +178,7 @@ def _make_llm(model_dir: Path, *, embeds: bool, **kwargs: Any) -> Any:
     return LLM(model=str(model_dir), limit_mm_per_prompt={"image": 1}, **kwargs)
 
 
-def open_item_image(item: Item) -> Any:
+def open_item_image(item: Item) -> Image.Image:
     """The item's image as RGB PIL, or a ValueError naming the item (as the HF generator words it)."""
     from mcmdpo.method.data.images import ImageError, load_image
 
@@ -182,7 +189,7 @@ def open_item_image(item: Item) -> Any:
     return image
 
 
-def decode_response(tokenizer: Any, token_ids: Sequence[int]) -> tuple[str, int]:
+def decode_response(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int]) -> tuple[str, int]:
     """New tokens up to the first EOS (pads dropped), decoded without special tokens, stripped."""
     tokens = list(token_ids)
     if tokenizer.eos_token_id in tokens:

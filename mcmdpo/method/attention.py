@@ -141,7 +141,7 @@ def tree_attention_forward(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    attention_mask: Any,
+    attention_mask: torch.Tensor | BlockMask | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """transformers attention function: FlexAttention for a ``BlockMask``, SDPA for anything else."""

@@ -25,9 +25,9 @@ mask runs as FlexAttention with a block-sparse ``BlockMask`` (``attention="auto"
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from PIL import Image
@@ -44,6 +44,9 @@ from mcmdpo.method.losses import CONDITIONS
 from mcmdpo.method.model.images import ImageMode, encode_images, image_encoder_outputs, num_image_tokens
 from mcmdpo.method.model.images import preprocess_image as _preprocess_image
 from mcmdpo.method.model.template import encode_answer, encode_prefix, encode_training_context
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
 
 Engine = Literal["naive", "shared"]
 IGNORE_INDEX = -100
@@ -118,7 +121,9 @@ def build_preference_tokens(
     )
 
 
-def _as_pixels(processor: ProcessorMixin, image: Any, mode: ImageMode) -> Mapping[str, Any]:
+def _as_pixels(
+    processor: ProcessorMixin, image: Image.Image | Mapping[str, Any], mode: ImageMode
+) -> Mapping[str, Any]:
     return _preprocess_image(processor, image, mode) if isinstance(image, Image.Image) else image
 
 
@@ -250,7 +255,7 @@ def _add_answer(row: TreeRow, ctx_seg: int, answer: Sequence[int], cond_index: i
     row.answers.append((cond_index, predictors, list(answer)))
 
 
-def _unique(items: Any) -> list[str]:
+def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
@@ -300,7 +305,7 @@ def shared_logprobs(
 
 def _pack_rows(
     rows: Sequence[TreeRow], pad_id: int, device: torch.device, attention: str = "sdpa"
-) -> tuple[torch.Tensor, torch.Tensor, Any]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | BlockMask]:
     width = max(len(r.ids) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
@@ -310,7 +315,9 @@ def _pack_rows(
     return input_ids.to(device), positions.to(device), _tree_mask(rows, width, device, attention)
 
 
-def _tree_mask(rows: Sequence[TreeRow], width: int, device: torch.device, attention: str) -> Any:
+def _tree_mask(
+    rows: Sequence[TreeRow], width: int, device: torch.device, attention: str
+) -> torch.Tensor | BlockMask:
     """The boolean ``[B, 1, L, L]`` mask (sdpa) or the ``BlockMask`` (flex) of the packed rows."""
     if attention == "flex":
         return tree_block_mask(rows, width, device)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,9 @@ from mcmdpo.method.conditions import (
     WEIGHT_GROUPS,
     ablation_key,
 )
+
+if TYPE_CHECKING:
+    from mcmdpo.method.train.spec import LossSpec
 
 Form = Literal["paper", "upstream"]
 Conditions = Mapping[str, torch.Tensor]
@@ -286,7 +289,7 @@ class PreferenceLoss:
     norm: float | None = None
 
     @classmethod
-    def from_spec(cls, spec: Any) -> PreferenceLoss:
+    def from_spec(cls, spec: LossSpec) -> PreferenceLoss:
         """From a ``LossSpec`` (:mod:`mcmdpo.method.train.spec`)."""
         mdpo = {k: getattr(spec, k) for k in ("image_weight", "anchor_weight", "anchor_delta")}
         if spec.kind != "mcmdpo":

@@ -49,7 +49,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 if TYPE_CHECKING:
+    import torch
     from PIL import Image
+
+    from mcmdpo.method.data.spec import PrecomputeSpec
 
 Schedule = Literal["upstream_sigmoid", "linear_ddpm"]
 Strategy = Literal["diffusion", "black", "crop", "rotate", "random", "mdpo_crop"]
@@ -182,14 +185,14 @@ def rotate(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return image.rotate(rotation_degrees(rng))
 
 
-def torch_generator(rng: np.random.Generator) -> Any:
+def torch_generator(rng: np.random.Generator) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded by the next 63-bit draw of ``rng``."""
     import torch
 
     return torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
 
 
-def resized_crop_params(height: int, width: int, generator: Any) -> tuple[int, int, int, int]:
+def resized_crop_params(height: int, width: int, generator: torch.Generator) -> tuple[int, int, int, int]:
     """(top, left, h, w): torchvision ``RandomResizedCrop._get_params`` with mDPO's ``scale=(0.01, 0.2)``
     and the default ratio, drawing from ``generator`` (torchvision draws from the global generator)."""
     import torch
@@ -278,7 +281,7 @@ class RejectedImages:
             raise ValueError(f"crop_window must be in {CROP_WINDOWS}, random_source in {RANDOM_SOURCES}")
 
     @classmethod
-    def from_spec(cls, spec: Any, seed: int) -> RejectedImages:
+    def from_spec(cls, spec: PrecomputeSpec, seed: int) -> RejectedImages:
         """From a resolved ``[precompute]`` spec (``strategy``, ``diffusion_step``, ``schedule``, ...)."""
         fields = (spec.diffusion_step, spec.schedule, int(seed), spec.crop_window, spec.random_source)
         return cls(spec.strategy, *fields)

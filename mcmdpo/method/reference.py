@@ -9,13 +9,20 @@ computes exactly what an uninterrupted one does. ``spec`` is a ``[reference]`` s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.method.model.images import check_geometry
 
+if TYPE_CHECKING:
+    from mcmdpo.batch.stage import TaskContext
+    from mcmdpo.method.data.shards import PreferenceShards
 
-def score_shard(ctx: Any, spec: Any, shards: Any, model_path: Path, attrs: dict) -> tuple[dict, int]:
+
+def score_shard(
+    ctx: TaskContext, spec: Any, shards: PreferenceShards, model_path: Path, attrs: dict
+) -> tuple[dict, int]:
     """Run the batches not yet in the ledger; return ``{condition: float64 [N]}`` in row order and the
     number of rows an earlier attempt had scored."""
     import numpy as np
@@ -36,7 +43,9 @@ def score_shard(ctx: Any, spec: Any, shards: Any, model_path: Path, attrs: dict)
     return {c: np.array([rows[i][c] for i in range(n)], dtype=np.float64) for c in spec.conditions}, resumed
 
 
-def scorer(spec: Any, shards: Any, model_path: Path, mode: str) -> Any:
+def scorer(
+    spec: Any, shards: PreferenceShards, model_path: Path, mode: str
+) -> Callable[[range], list[dict[str, Any]]]:
     """``batch rows -> ledger records`` with the frozen model (loaded here, once)."""
     import torch
 

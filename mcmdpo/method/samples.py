@@ -14,7 +14,7 @@ shards are widened to float32).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +23,12 @@ from mcmdpo.method.data.shards import PreferenceShards
 from mcmdpo.method.logprobs import PreferenceTokens
 from mcmdpo.method.model.images import crop_side, num_image_tokens
 from mcmdpo.method.model.template import PromptPieces, encode_answer, encode_prefix, encode_training_context
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
+
+    from mcmdpo.method.data.sft_shards import SftShardReader, SftShards
+    from mcmdpo.method.model.template import ConversationPieces
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ class TextTokens:
 class SampleSource:
     """Texts, pixel tensors and token sequences of precompute samples by global index."""
 
-    def __init__(self, shards: PreferenceShards, processor: Any, mode: str):
+    def __init__(self, shards: PreferenceShards, processor: ProcessorMixin, mode: str):
         self.shards, self.processor, self.mode = shards, processor, mode
         self.tokenizer = processor.tokenizer
         self.side = crop_side(processor)
@@ -68,7 +74,7 @@ class SampleSource:
         size = self._model_size(self.shards.readers[shard].meta[f"{side}_image_sizes"][local])
         return num_image_tokens(self.processor, self.mode, size)  # type: ignore[arg-type]
 
-    def _model_size(self, stored: Any) -> tuple[int, int]:
+    def _model_size(self, stored: np.ndarray) -> tuple[int, int]:
         if self.mode == "pad":
             return (self.side, self.side)
         return (int(stored[0]), int(stored[1]))
@@ -132,19 +138,19 @@ class ConversationSource:
     so the work runs where the sample is loaded: in the DataLoader workers of the trainer.
     """
 
-    def __init__(self, shards: Any, processor: Any, mode: str, max_pixels: int = 89_478_485):
+    def __init__(self, shards: SftShards, processor: ProcessorMixin, mode: str, max_pixels: int = 89_478_485):
         from mcmdpo.method.data.images import ImagePreprocessor
 
         self.shards, self.processor, self.mode, self.max_pixels = shards, processor, mode, max_pixels
         self.tokenizer = processor.tokenizer
         self.side = crop_side(processor)
         self.preprocess = ImagePreprocessor(processor.image_processor, mode)  # type: ignore[arg-type]
-        self._pieces: dict[int, Any] = {}
+        self._pieces: dict[int, ConversationPieces] = {}
 
     def __len__(self) -> int:
         return len(self.shards)
 
-    def _reader(self, index: int) -> tuple[Any, int]:
+    def _reader(self, index: int) -> tuple[SftShardReader, int]:
         shard, local = self.shards.locate(int(index))
         return self.shards.readers[shard], local
 
@@ -170,7 +176,7 @@ class ConversationSource:
         pixels = torch.from_numpy(self.preprocess(image).values)
         return pixels, self._model_size(index), self.image_tokens(index)
 
-    def sft_pieces(self, index: int) -> Any:
+    def sft_pieces(self, index: int) -> ConversationPieces:
         """The conversation's token pieces (every answer supervised), tokenised once and cached."""
         from mcmdpo.method.model.template import encode_conversation
 

@@ -19,13 +19,18 @@ import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.batch.artifacts import atomic_path
 from mcmdpo.report.collect import TrainingLog
 from mcmdpo.report.labels import point_label
 from mcmdpo.report.layouts import Column, ColumnGroup
 from mcmdpo.report.tables import ResultTable, TableRow
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 DPI = 110
 EMA_SPAN = 10
@@ -62,14 +67,16 @@ def unit(column: Column) -> str:
     return "score (×100)" if kind == "altext" else "%"
 
 
-def new_figure(ncols: int, nrows: int = 1, width: float = 3.4, height: float = 3.0) -> Any:
+def new_figure(
+    ncols: int, nrows: int = 1, width: float = 3.4, height: float = 3.0
+) -> tuple[Figure, np.ndarray]:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width * ncols, height * nrows), dpi=DPI, layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
-def save(fig: Any, path: Path) -> Path:
+def save(fig: Figure, path: Path) -> Path:
     """Write a figure as PNG atomically (temp name, then rename)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
@@ -170,7 +177,7 @@ def sweep_figure(table: ResultTable, key: str, path: Path) -> Path:
 
 
 def _sweep_panel(
-    ax: Any,
+    ax: Axes,
     column: Column,
     key: str,
     series: Mapping[str, list[TableRow]],
@@ -238,7 +245,9 @@ def training_figure(log: TrainingLog, path: Path) -> Path:
     return save(fig, path)
 
 
-def _term_panels(axes: Any, steps: list[Any], records: Sequence[Mapping[str, Any]], terms: list[str]) -> None:
+def _term_panels(
+    axes: Sequence[Axes], steps: list[Any], records: Sequence[Mapping[str, Any]], terms: list[str]
+) -> None:
     colors = dict(zip(terms, _colors(len(terms)), strict=True))
     colors["rewards"] = "black"
     for name in terms:
@@ -253,7 +262,7 @@ def _term_panels(axes: Any, steps: list[Any], records: Sequence[Mapping[str, Any
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), title="term", fontsize="small")
 
 
-def _axes(ax: Any, title: str, ylabel: str) -> None:
+def _axes(ax: Axes, title: str, ylabel: str) -> None:
     ax.set_title(title)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(ylabel)

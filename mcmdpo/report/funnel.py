@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.curate.outputs import Funnel
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 FUNNEL_MD, FUNNEL_CSV = "funnel.md", "funnel.csv"
 STEP_LABELS = {
@@ -87,7 +90,7 @@ def funnel_figure(funnel: Funnel, title: str, path: Path) -> Path:
     return save(fig, path)
 
 
-def _funnel_panel(ax: Any, steps: Sequence[Mapping[str, Any]]) -> None:
+def _funnel_panel(ax: Axes, steps: Sequence[Mapping[str, Any]]) -> None:
     total = max(int(steps[0]["remaining"]), 1)
     ys = list(range(len(steps)))[::-1]
     widths = [int(s["remaining"]) for s in steps]
@@ -103,7 +106,7 @@ def _funnel_panel(ax: Any, steps: Sequence[Mapping[str, Any]]) -> None:
     ax.set_xlabel("records (bar width; −dropped by the step)")
 
 
-def _count_panel(ax: Any, names: list[str], counts: list[int], title: str, xlabel: str) -> None:
+def _count_panel(ax: Axes, names: list[str], counts: list[int], title: str, xlabel: str) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ys = list(range(len(names)))[::-1]

@@ -21,11 +21,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.batch.artifacts import write_text_atomic
 from mcmdpo.report.collect import Collection, MetricsFile
 from mcmdpo.report.estimators import MetricDef, metric_defs, protocols
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CSV_COLUMNS = (
     "run",
@@ -138,7 +141,7 @@ def _checked_columns(
     samples: Sequence[Mapping[str, Any]],
     value: float,
     config: BootstrapConfig,
-) -> tuple[Any, str | None]:
+) -> tuple[np.ndarray | None, str | None]:
     """The metric's per-item columns, or None and why no interval can be computed."""
     from mcmdpo.report.stats import point_value
 

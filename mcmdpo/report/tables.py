@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mcmdpo.report.collect import MODEL_STAGES, MetricsFile
 from mcmdpo.report.labels import model_label, row_key, row_label
 from mcmdpo.report.layouts import Column, ColumnGroup, select_columns
 from mcmdpo.report.results import BootstrapConfig, Result
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 DIGITS = 2
 ColumnKey = tuple[str, str, str]
@@ -77,12 +80,20 @@ class ResultTable:
         return [c for g in self.groups for c in g.columns]
 
 
+class PaperRows(Protocol):
+    """What the table needs of :class:`~mcmdpo.report.paper.PaperResults` (that module imports this one)."""
+
+    def interleave(self, rows: Sequence[TableRow], columns: Sequence[Column]) -> list[TableRow]: ...
+
+    def notes(self) -> list[str]: ...
+
+
 def build_table(
     results: Sequence[Result],
     layout: str = "auto",
     labels: Mapping[str, str] | None = None,
     config: BootstrapConfig = BootstrapConfig(),
-    paper: Any = None,
+    paper: PaperRows | None = None,
 ) -> ResultTable:
     """The table of ``results`` in ``layout``; ``paper``: a :class:`~mcmdpo.report.paper.PaperResults`."""
     labels = dict(labels or {})
@@ -170,7 +181,7 @@ def mark_best(rows: Sequence[TableRow], columns: Sequence[Column], digits: int =
 
 
 def table_notes(
-    rows: Sequence[TableRow], results: Sequence[Result], config: BootstrapConfig, paper: Any
+    rows: Sequence[TableRow], results: Sequence[Result], config: BootstrapConfig, paper: PaperRows | None
 ) -> list[str]:
     """Notes under the table: marking rule, seeds, intervals, deviations, judge, limits, paper source."""
     notes = ["Bold: best per column (higher is better, except rates/CHAIR/Hal/Cog: lower); ties all bold."]
@@ -197,7 +208,7 @@ def table_notes(
     return notes
 
 
-def _file_notes(files: Sequence[MetricsFile] | Any) -> list[str]:
+def _file_notes(files: Iterable[MetricsFile]) -> list[str]:
     deviations: dict[str, None] = {}
     judges: dict[str, None] = {}
     limits: dict[str, None] = {}
@@ -316,7 +327,7 @@ LATEX_TEMPLATE = r"""\documentclass[10pt]{article}
 """
 
 
-def render_rich(table: ResultTable, title: str = "results") -> Any:
+def render_rich(table: ResultTable, title: str = "results") -> Table:
     """A rich ``Table`` for the terminal (best values bold; rich wraps it to the terminal width)."""
     from rich.table import Table
 

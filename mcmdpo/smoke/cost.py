@@ -23,7 +23,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mcmdpo.batch.plan import Plan, PlannedInstance, PlannedTask
 
 DEFAULT_THROUGHPUT: dict[str, Any] = {
     "calibration": "built-in: paper MCM-DPO 5.0 h / DPO 4.6 h on 4 x A100-80GB, 8,212 samples x 3 epochs",
@@ -63,7 +66,7 @@ class _Unknown(Exception):
     """A record count the plan cannot know."""
 
 
-def estimate_cost(plan: Any, profile: Mapping[str, Any]) -> CostEstimate:
+def estimate_cost(plan: Plan, profile: Mapping[str, Any]) -> CostEstimate:
     """GPU-hours of every stage of ``plan`` (each distinct task counted once)."""
     rates = {**DEFAULT_THROUGHPUT, **(profile.get("throughput") or {})}
     estimate = CostEstimate(str(rates["calibration"]))
@@ -133,7 +136,7 @@ def _per_sample(rates: Mapping[str, Any], conditions: int) -> float:
     return float(rates["preference_gpu_s"]) + float(rates["preference_condition_gpu_s"]) * conditions
 
 
-def _sft(inst: Any, task: Any, rates: Mapping[str, Any]) -> float:
+def _sft(inst: PlannedInstance, task: PlannedTask, rates: Mapping[str, Any]) -> float:
     doc, spec = inst.recipe, inst.spec
     if spec.get("data", "preference") == "preference":
         n = split_records(doc, (doc.get("precompute") or {}).get("split", "train"))
@@ -151,7 +154,7 @@ def _loss_conditions(loss: Mapping[str, Any]) -> int:
     return len(PreferenceLoss.from_spec(LossSpec.model_validate(loss)).conditions)
 
 
-def _preference(inst: Any, task: Any, rates: Mapping[str, Any]) -> float:
+def _preference(inst: PlannedInstance, task: PlannedTask, rates: Mapping[str, Any]) -> float:
     doc, spec = inst.recipe, inst.spec
     n = split_records(doc, (doc.get("precompute") or {}).get("split", "train"))
     per_sample = _per_sample(rates, _loss_conditions(spec.get("loss") or {}))
@@ -160,14 +163,14 @@ def _preference(inst: Any, task: Any, rates: Mapping[str, Any]) -> float:
     return trained_samples(spec, n) * per_sample
 
 
-def _reference(inst: Any, task: Any, rates: Mapping[str, Any]) -> float:
+def _reference(inst: PlannedInstance, task: PlannedTask, rates: Mapping[str, Any]) -> float:
     doc, spec = inst.recipe, inst.spec
     n = split_records(doc, (doc.get("precompute") or {}).get("split", "train"))
     share = n / int(task.params.get("num_shards", 1))
     return share * _per_sample(rates, len(spec["conditions"])) * float(rates["reference_share"])
 
 
-def _eval(inst: Any, task: Any, rates: Mapping[str, Any]) -> float:
+def _eval(inst: PlannedInstance, task: PlannedTask, rates: Mapping[str, Any]) -> float:
     doc, spec, benchmark = inst.recipe, inst.spec, task.params["benchmark"]
     if benchmark == "test":
         items = split_records(doc, "test")

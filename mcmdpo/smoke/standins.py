@@ -33,10 +33,14 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.batch.spec import expand_vars
 from mcmdpo.smoke import fixtures
+
+if TYPE_CHECKING:
+    from mcmdpo.batch.plan import Plan
+    from mcmdpo.batch.recipe import Recipe
 
 SUFFIX = "-smoke"
 TRAIN_RECORDS, TEST_RECORDS, SFT_RECORDS, BENCHMARK_ITEMS = 8, 4, 6, 4
@@ -69,7 +73,7 @@ def smoke_names(doc: Mapping[str, Any]) -> tuple[str, Path]:
 
 
 @contextlib.contextmanager
-def smoke_session(path: Path | str, overrides: Sequence[str] = (), dry_run: bool = False) -> Iterator[Any]:
+def smoke_session(path: Path | str, overrides: Sequence[str] = (), dry_run: bool = False) -> Iterator[Recipe]:
     """Load the smoke version of the recipe at ``path``; keep the judge stand-in up meanwhile."""
     from mcmdpo.batch.recipe import load_recipe
     from mcmdpo.batch.recipe.toml import load_toml, parse_override, set_dotted
@@ -273,7 +277,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any], SmokeInputs, str], None]] = {
 }
 
 
-def report_markdown(plan: Any) -> str | None:
+def report_markdown(plan: Plan) -> str | None:
     """The table the run's report stage wrote (``table.md``), or None without a finished report."""
     if not any(s.name == "report" for s in plan.stages):
         return None

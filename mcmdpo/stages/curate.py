@@ -11,6 +11,7 @@ records go to an fsynced ledger in ``.work/``; a requeued or killed task resumes
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from mcmdpo.handoff import CURATE_REPORT as REPORT
 from mcmdpo.handoff import CURATED
 
 
-def curate_tasks(spec: CurateSpec, recipe: Any) -> list[dict[str, Any]]:
+def curate_tasks(spec: CurateSpec, recipe: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One task per shard (the same shards as ``curate_scan``)."""
     return shard_tasks(spec)
 

@@ -8,9 +8,13 @@ The split of each record was decided by a hash of its id in the ``curate`` stage
 
 from __future__ import annotations
 
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
+
+if TYPE_CHECKING:
+    from mcmdpo.curate.spec import CurateSpec
 
 DUPLICATES, MANIFEST = "duplicates.json", "curate.json"
 
@@ -54,7 +58,7 @@ def run_curate_split(ctx: TaskContext) -> list[str]:
     ]
 
 
-def _manifest(spec: Any, reports: list[dict[str, Any]], prompts: Any) -> dict[str, Any]:
+def _manifest(spec: CurateSpec, reports: list[dict[str, Any]], prompts: ModuleType) -> dict[str, Any]:
     return {
         "llm": spec.llm.public(),
         "served_models": sorted({m for r in reports for m in r["served_models"]}),

@@ -14,6 +14,7 @@ as test, with its ``images/``). Relative recipe paths start at the directory ``m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -88,7 +89,7 @@ def run_data(ctx: TaskContext) -> list[str]:
     return outputs
 
 
-def data_uses(spec: DataSpec, doc: Any) -> tuple[str, ...]:
+def data_uses(spec: DataSpec, doc: Mapping[str, Any]) -> tuple[str, ...]:
     return ("curate_split",) if spec.source == "curate" else ()
 
 

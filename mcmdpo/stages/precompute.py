@@ -10,7 +10,7 @@ stage (or ``processor_path``, or the built-in LLaVA-1.6 config). Training opens 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo import handoff
 from mcmdpo.batch.artifacts import atomic_path, read_json, write_json_atomic
@@ -18,6 +18,9 @@ from mcmdpo.batch.errors import ConfigError
 from mcmdpo.batch.resumable import mark_complete, remove_stale_temps, reusable
 from mcmdpo.batch.stage import Stage, TaskContext, register
 from mcmdpo.method.data.spec import PrecomputeSpec, resolve_precompute
+
+if TYPE_CHECKING:
+    from mcmdpo.method.data.build import Source
 from mcmdpo.method.model import folders
 
 __all__ = ["PrecomputeSpec", "precompute_tasks", "run_precompute"]
@@ -66,7 +69,7 @@ def run_precompute(ctx: TaskContext) -> list[str]:
     return [final.name, report_path.name]
 
 
-def resolve_source(ctx: TaskContext, spec: PrecomputeSpec) -> Any:
+def resolve_source(ctx: TaskContext, spec: PrecomputeSpec) -> Source:
     """The split's file and image root, from the data stage (or the spec's own fields)."""
     from mcmdpo.method.data.build import Source
 

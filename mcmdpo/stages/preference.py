@@ -14,12 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.batch.errors import ConfigError
 from mcmdpo.batch.stage import Stage, TaskContext, register
 from mcmdpo.method.model import folders
 from mcmdpo.method.train.spec import PreferenceSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, ProcessorMixin
+
+    from mcmdpo.method.samples import SampleSource
+    from mcmdpo.method.train.objectives import OfflineReference, OnlineReference
 
 
 def preference_tasks(spec: PreferenceSpec, doc: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -42,7 +48,10 @@ def run_preference(ctx: TaskContext) -> list[str]:
     init = folders.init_model_dir(ctx, prefer=("sft", "model"))
     loss = PreferenceLoss.from_spec(spec.loss)
 
-    def objective(source: Any, model: Any, processor: Any) -> PreferenceObjective:
+    def objective(
+        source: SampleSource, model: PreTrainedModel, processor: ProcessorMixin
+    ) -> PreferenceObjective:
+        reference: OfflineReference | OnlineReference
         if spec.reference == "online":
             reference = online_reference(init, spec, source.mode, loss.conditions)
         else:
@@ -52,7 +61,9 @@ def run_preference(ctx: TaskContext) -> list[str]:
     return run_training(ctx, spec, init, objective)
 
 
-def offline_reference(ctx: TaskContext, source: Any, init: Path, conditions: tuple[str, ...]) -> Any:
+def offline_reference(
+    ctx: TaskContext, source: SampleSource, init: Path, conditions: tuple[str, ...]
+) -> OfflineReference:
     """The ``reference`` stage's log-probs, checked against the shards and the starting model."""
     from mcmdpo.method.data.reference_logprobs import ReferenceLogprobs
     from mcmdpo.method.train.objectives import OfflineReference
@@ -65,7 +76,9 @@ def offline_reference(ctx: TaskContext, source: Any, init: Path, conditions: tup
     return OfflineReference(table, conditions)
 
 
-def online_reference(init: Path, spec: PreferenceSpec, mode: str, conditions: tuple[str, ...]) -> Any:
+def online_reference(
+    init: Path, spec: PreferenceSpec, mode: str, conditions: tuple[str, ...]
+) -> OnlineReference:
     """A frozen copy of the starting model on this rank's device, in the training dtype."""
     from mcmdpo.method.model.load import load_frozen
     from mcmdpo.method.train.objectives import OnlineReference

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -21,6 +21,9 @@ from mcmdpo import handoff
 from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
 from mcmdpo.method.conditions import CONDITIONS, Condition
 from mcmdpo.method.model import folders
+
+if TYPE_CHECKING:
+    from mcmdpo.method.data.shards import PreferenceShards
 
 
 class ReferenceSpec(StageSpec):
@@ -81,7 +84,9 @@ def run_reference(ctx: TaskContext) -> list[str]:
     return [OUTPUT]
 
 
-def file_attrs(ctx: TaskContext, spec: ReferenceSpec, shards: Any, model_path: Path) -> dict[str, Any]:
+def file_attrs(
+    ctx: TaskContext, spec: ReferenceSpec, shards: PreferenceShards, model_path: Path
+) -> dict[str, Any]:
     """What decides the values (hashed into ``key``) and provenance facts."""
     from mcmdpo.batch.artifacts import file_hash
     from mcmdpo.method.data.reference_logprobs import reference_attrs

@@ -13,12 +13,17 @@ automatically. Checkpoints, resume and preemption: :mod:`mcmdpo.method.train.loo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.batch.errors import ConfigError
 from mcmdpo.batch.stage import Stage, TaskContext, register
 from mcmdpo.method.model import folders
 from mcmdpo.method.train.spec import SftSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, ProcessorMixin
+
+    from mcmdpo.method.samples import ConversationSource, SampleSource
 
 
 def sft_uses(spec: SftSpec, doc: Mapping[str, Any]) -> tuple[str, ...]:
@@ -46,7 +51,9 @@ def run_sft(ctx: TaskContext) -> list[str]:
     init = folders.init_model_dir(ctx, prefer=("model",))
     files = spec.data != "preference"
 
-    def objective(source: Any, model: Any, processor: Any) -> SftObjective:
+    def objective(
+        source: SampleSource | ConversationSource, model: PreTrainedModel, processor: ProcessorMixin
+    ) -> SftObjective:
         pad = model.config.text_config.pad_token_id
         workers = spec.data_workers if files else 0
         return SftObjective(

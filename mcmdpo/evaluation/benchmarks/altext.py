@@ -64,7 +64,9 @@ def score_altext(records: Sequence[Mapping[str, Any]], env: ScoreEnv) -> tuple[A
     return metrics, altext.sample_rows(results), deviations
 
 
-def altext_assets(name: str, section: Any, settings: Any, checksums: bool) -> list[Any]:
+def altext_assets(
+    name: str, section: AltextSource | None, settings: Any, checksums: bool
+) -> list[assets.AssetStatus]:
     """The test file and image folder (the data stage checks ``test``'s), and what the protocols need."""
     out = []
     if section is not None:

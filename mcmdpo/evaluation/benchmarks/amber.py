@@ -91,7 +91,7 @@ def score_amber(records: Sequence[Mapping[str, Any]], env: ScoreEnv) -> tuple[An
     return metrics, samples, deviations
 
 
-def amber_assets(name: str, section: Any, settings: Any, checksums: bool) -> list[Any]:
+def amber_assets(name: str, section: AmberSource, settings: Any, checksums: bool) -> list[assets.AssetStatus]:
     from mcmdpo.evaluation.metrics.amber import amber_files
 
     files = amber_files(Path(section.data_dir)).values()

@@ -77,7 +77,7 @@ def score_mmhal(records: Sequence[Mapping[str, Any]], env: ScoreEnv) -> tuple[An
     return metrics, samples, []
 
 
-def mmhal_assets(name: str, section: Any, settings: Any, checksums: bool) -> list[Any]:
+def mmhal_assets(name: str, section: MMHalSource, settings: Any, checksums: bool) -> list[assets.AssetStatus]:
     out = [assets.file_status("MMHal-Bench template", name, section.file, MMHAL_HOW, checksums)]
     if section.images:
         out.append(assets.folder_status("MMHal-Bench images", name, section.images, MMHAL_HOW))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,10 @@ from mcmdpo.batch.spec import EnvStr, Spec
 from mcmdpo.evaluation import assets
 from mcmdpo.evaluation.benchmarks.files import b64_image, read_jsonl, text_field
 from mcmdpo.evaluation.benchmarks.registry import Benchmark, Item, ScoreEnv, register_benchmark
+
+if TYPE_CHECKING:
+    from mcmdpo.evaluation.metrics.chair import Synonyms
+    from mcmdpo.evaluation.metrics.nlp import NltkSpec
 
 COCO_HOW = (
     "wget http://images.cocodataset.org/annotations/annotations_trainval2014.zip && unzip it; "
@@ -81,7 +85,7 @@ def score_objhal(records: Sequence[Mapping[str, Any]], env: ScoreEnv) -> tuple[A
 
 
 def _llm_objects(
-    records: Sequence[Mapping[str, Any]], env: ScoreEnv, syn: Any, text: Any
+    records: Sequence[Mapping[str, Any]], env: ScoreEnv, syn: Synonyms, text: NltkSpec
 ) -> tuple[dict[Any, list[str]], list[str]]:
     from mcmdpo.evaluation.metrics import chair
 
@@ -98,7 +102,9 @@ def _llm_objects(
     return chair.llm_extract(records, env.judge_client(), syn, text, spacy_nlp), deviations
 
 
-def objhal_assets(name: str, section: Any, settings: Any, checksums: bool) -> list[Any]:
+def objhal_assets(
+    name: str, section: ObjHalSource, settings: Any, checksums: bool
+) -> list[assets.AssetStatus]:
     from mcmdpo.evaluation.metrics.chair import COCO_FILES
 
     scoring = settings.objhal

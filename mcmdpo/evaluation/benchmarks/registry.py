@@ -7,9 +7,13 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mcmdpo.batch.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from mcmdpo.evaluation.assets import AssetStatus
+    from mcmdpo.evaluation.metrics.judge import JudgeClient
 
 Kind = Literal["altext", "objhal", "mmhal", "amber"]
 
@@ -36,10 +40,10 @@ class ScoreEnv:
     source: dict[str, Any]
     """The benchmark's source paths (absolute), as :func:`source_paths` returns them."""
     cache_dir: Path | None = None
-    judge: Callable[[], Any] | None = None
+    judge: Callable[[], JudgeClient] | None = None
     """Builds the judge client (``[score.judge]``), or None when the recipe has no judge."""
 
-    def judge_client(self) -> Any:
+    def judge_client(self) -> JudgeClient:
         if self.judge is None:
             raise ConfigError("this benchmark needs [score.judge] (an OpenAI-compatible endpoint)")
         return self.judge()
@@ -57,7 +61,7 @@ class Benchmark:
     source: type | None
     read: Callable[[Mapping[str, Any]], list[Item]]
     score: Scorer
-    assets: Callable[[str, Any, Any, bool], list[Any]]
+    assets: Callable[[str, Any, Any, bool], list[AssetStatus]]
     description: str
     needs_judge: Callable[[Any], bool] = lambda settings: False
 

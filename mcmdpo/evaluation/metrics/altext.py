@@ -47,12 +47,15 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.batch.artifacts import write_json_atomic
 from mcmdpo.batch.errors import InputError, record_ref
 from mcmdpo.evaluation.metrics import nlp
 from mcmdpo.evaluation.metrics.predictions import PredictionError, read_predictions, write_predictions
+
+if TYPE_CHECKING:
+    from pycocoevalcap.cider.cider_scorer import CiderScorer
 
 PROTOCOLS = ("paper", "coco")
 _ASSISTANT = re.compile(r"^Assistant:")
@@ -164,7 +167,7 @@ def _rouge_l(response: str, reference: str) -> tuple[float, str | None]:
         return 0.0, f"{type(exc).__name__}: {exc}"
 
 
-def _cider(scorer: Any, n: int) -> list[float]:
+def _cider(scorer: CiderScorer, n: int) -> list[float]:
     if n == 0:
         return []
     _, scores = scorer.compute_score()

@@ -29,11 +29,16 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.batch.artifacts import content_hash, read_json, write_json_atomic
 from mcmdpo.evaluation.metrics import nlp
 from mcmdpo.evaluation.metrics.predictions import response_text
+
+if TYPE_CHECKING:
+    from spacy.language import Language
+
+    from mcmdpo.evaluation.metrics.judge import JudgeClient
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +252,7 @@ def parse_object_list(content: str) -> list[str] | None:
 
 
 def refine_objects(
-    objects: Sequence[str], syn: Synonyms, text: nlp.NltkSpec, spacy_nlp: Any = None
+    objects: Sequence[str], syn: Synonyms, text: nlp.NltkSpec, spacy_nlp: Language | None = None
 ) -> list[str]:
     """Upstream ``get_pred_objs_match``: each extracted object -> two-word names, else noun runs."""
     refined: list[str] = []
@@ -264,10 +269,10 @@ def refine_objects(
 
 def llm_extract(
     records: Sequence[Mapping[str, Any]],
-    client: Any,
+    client: JudgeClient,
     syn: Synonyms,
     text: nlp.NltkSpec,
-    spacy_nlp: Any = None,
+    spacy_nlp: Language | None = None,
 ) -> dict[Any, list[str]]:
     """Objects per record id from the LLM extractor (upstream: answers of <= 3 words give none)."""
     extracted: dict[Any, list[str]] = {r["id"]: [] for r in records}
@@ -285,7 +290,9 @@ def llm_extract(
     return extracted
 
 
-def _analyse(phrase: str, text: nlp.NltkSpec, spacy_nlp: Any) -> tuple[list[str], list[str], list[bool]]:
+def _analyse(
+    phrase: str, text: nlp.NltkSpec, spacy_nlp: Language | None
+) -> tuple[list[str], list[str], list[bool]]:
     """Tokens, lemmas and noun flags of ``phrase`` (spaCy when given, else NLTK + WordNet)."""
     if spacy_nlp is not None:
         doc = spacy_nlp(phrase)

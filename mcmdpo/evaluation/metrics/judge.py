@@ -10,7 +10,7 @@ cache shared with every other stage that calls an LLM (keyed by model and reques
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,12 @@ class JudgeSpec(LLMSpec):
 class JudgeClient:
     """Chat completions for a judge: cache, bounded concurrency and retries (see :mod:`mcmdpo.llm`)."""
 
-    def __init__(self, config: JudgeSpec, cache_dir: Path | str | None = None, sleep: Any = None) -> None:
+    def __init__(
+        self,
+        config: JudgeSpec,
+        cache_dir: Path | str | None = None,
+        sleep: Callable[[float], Any] | None = None,
+    ) -> None:
         self.config = config
         self._client = LLMClient(config, cache_dir=cache_dir, where="score.judge", sleep=sleep)
 
@@ -58,11 +63,11 @@ class JudgeClient:
         return self._client.stats
 
     @property
-    def _sleep(self) -> Any:  # test hook: the backoff pause (sync or async)
+    def _sleep(self) -> Callable[[float], Any]:  # test hook: the backoff pause (sync or async)
         return self._client.sleep
 
     @_sleep.setter
-    def _sleep(self, value: Any) -> None:
+    def _sleep(self, value: Callable[[float], Any]) -> None:
         self._client.sleep = value
 
     def complete(self, messages: Sequence[Message]) -> JudgeReply:

@@ -17,14 +17,23 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.batch.artifacts import content_hash, package_versions
 from mcmdpo.batch.errors import InputError
 from mcmdpo.method.noise import RejectedImages
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+    from transformers import BaseImageProcessor
+
+    from mcmdpo.batch.stage import TaskContext
+    from mcmdpo.method.data.shards import Sample
+    from mcmdpo.method.data.spec import PrecomputeSpec
 
 PACKAGES = ("numpy", "torch", "h5py", "pillow", "transformers", "datasets")
 
@@ -86,7 +95,9 @@ class Prepared:
 class ShardBuilder:
     """Turns record positions into :class:`~mcmdpo.method.data.shards.Sample` objects for one shard."""
 
-    def __init__(self, spec: Any, source: Source, processor: Any, rejected: RejectedImages):
+    def __init__(
+        self, spec: PrecomputeSpec, source: Source, processor: BaseImageProcessor, rejected: RejectedImages
+    ):
         from mcmdpo.method.data.images import ImagePreprocessor
         from mcmdpo.method.data.records import check_context_pool, load_records
 
@@ -106,7 +117,7 @@ class ShardBuilder:
 
         return BadRecord(self.source.file, position, self.records[position].id, code, detail)
 
-    def load(self, position: int, count_mode: bool = True) -> Any:
+    def load(self, position: int, count_mode: bool = True) -> Image.Image:
         """The decoded RGB image of a record, or BadRecord."""
         from mcmdpo.method.data.images import ImageError, load_image
         from mcmdpo.method.data.records import UnsafePath, resolve_image
@@ -144,7 +155,7 @@ class ShardBuilder:
             prepared.rejected = self.pre(changed)
         return prepared
 
-    def finish(self, p: Prepared) -> Any:
+    def finish(self, p: Prepared) -> Sample:
         """The tensor work of one sample (diffusion noise or zeros) -> a shard Sample.
 
         Runs on the writer thread: numpy releases the GIL here, overlapping the next decode.
@@ -173,11 +184,11 @@ class ShardBuilder:
             rejected_image_position=p.other,
         )
 
-    def sample(self, position: int) -> Any:
+    def sample(self, position: int) -> Sample:
         """One finished Sample (both halves on the calling thread)."""
         return self.finish(self.prepare(position))
 
-    def context_image(self, position: int, attempts: int = 32) -> tuple[int, Any]:
+    def context_image(self, position: int, attempts: int = 32) -> tuple[int, Image.Image]:
         """``random`` coupled to c_l: the rejected-context record and its image.
 
         When that record's image cannot be used (upstream would crash), the same seeded draw goes on
@@ -194,7 +205,9 @@ class ShardBuilder:
                 continue
         raise self.bad(position, "no_random_image", f"no usable context image in {attempts} draws")
 
-    def random_image(self, position: int, rng: Any, attempts: int = 32) -> tuple[int, Any]:
+    def random_image(
+        self, position: int, rng: np.random.Generator, attempts: int = 32
+    ) -> tuple[int, Image.Image]:
         """Another record's image: uniform draws (from the sample's generator) until one decodes."""
         from mcmdpo.method.data.records import BadRecord
 
@@ -207,7 +220,9 @@ class ShardBuilder:
         raise self.bad(position, "no_random_image", f"no usable image in {attempts} draws")
 
 
-def build_shard(builder: ShardBuilder, positions: range, path: Path, attrs: dict[str, Any], ctx: Any) -> dict:
+def build_shard(
+    builder: ShardBuilder, positions: range, path: Path, attrs: dict[str, Any], ctx: TaskContext
+) -> dict:
     """Write the shard at ``path`` (a temporary name); return its report.
 
     Decoding and preprocessing run on this thread; noise, float16 conversion and HDF5 writes on one
@@ -234,7 +249,7 @@ def build_shard(builder: ShardBuilder, positions: range, path: Path, attrs: dict
     return report
 
 
-def _prepare_all(builder: ShardBuilder, positions: range, background: Background, ctx: Any) -> None:
+def _prepare_all(builder: ShardBuilder, positions: range, background: Background, ctx: TaskContext) -> None:
     from mcmdpo.batch.resumable import pause_for_tests
     from mcmdpo.method.data.records import BadRecord
 
@@ -275,7 +290,7 @@ class Background:
 
     _STOP = object()
 
-    def __init__(self, fn: Any, depth: int = 4):
+    def __init__(self, fn: Callable[[Any], object], depth: int = 4):
         self._fn, self._error = fn, None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._loop, name="shard-writer", daemon=True)
@@ -297,7 +312,7 @@ class Background:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if exc_type is not None:
             self._error = self._error or RuntimeError("aborted")  # skip what is still queued
         self._queue.put(self._STOP)
@@ -322,7 +337,7 @@ def _report(builder: ShardBuilder, positions: range, kept: int) -> dict[str, Any
 
 
 def provenance(
-    spec: Any, params: Mapping[str, Any], recipe: Mapping[str, Any], source: Source,
+    spec: PrecomputeSpec, params: Mapping[str, Any], recipe: Mapping[str, Any], source: Source,
     processor: dict[str, Any], rejected: RejectedImages,
 ) -> dict[str, Any]:  # fmt: skip
     """File attributes of a shard; ``fingerprint`` hashes everything that changes its content."""

@@ -25,7 +25,10 @@ import math
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from PIL import Image, ImageDraw
 
 INSTRUCTION = "Given an image and context, generate alt-text for the image."
 
@@ -110,7 +113,7 @@ def random_scene(rng: random.Random, min_size: int = 256, max_size: int = 512) -
     return Scene(width, height, background, groups, word, word_colour)
 
 
-def draw_scene(scene: Scene, rng: random.Random) -> Any:
+def draw_scene(scene: Scene, rng: random.Random) -> Image.Image:
     """Render ``scene`` as a PIL RGB image (objects on a jittered grid, word in the top band)."""
     from PIL import Image, ImageDraw
 
@@ -132,7 +135,9 @@ def draw_scene(scene: Scene, rng: random.Random) -> Any:
     return image
 
 
-def _draw_shape(draw: Any, shape: str, cx: float, cy: float, r: float, fill: tuple[int, int, int]) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple[int, int, int]
+) -> None:
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif shape == "square":
@@ -148,7 +153,7 @@ def _draw_shape(draw: Any, shape: str, cx: float, cy: float, r: float, fill: tup
         draw.polygon(points, fill=fill)
 
 
-def _draw_word(draw: Any, scene: Scene, band: int) -> None:
+def _draw_word(draw: ImageDraw.ImageDraw, scene: Scene, band: int) -> None:
     from PIL import ImageFont
 
     size = max(12, int(min(band * 0.7, scene.width / (0.8 * len(scene.word) + 1))))

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import h5py
 
 
 def encode_attr(value: Any) -> Any:
@@ -34,12 +37,12 @@ def decode_attr(value: Any) -> Any:
     return value
 
 
-def read_attrs(h5: Any) -> dict[str, Any]:
+def read_attrs(h5: h5py.Group | h5py.Dataset) -> dict[str, Any]:
     """Every attribute of an open ``h5py`` file or dataset, decoded."""
     return {key: decode_attr(value) for key, value in h5.attrs.items()}
 
 
-def write_attrs(h5: Any, attrs: Mapping[str, Any]) -> None:
+def write_attrs(h5: h5py.Group | h5py.Dataset, attrs: Mapping[str, Any]) -> None:
     """Set every attribute of ``attrs`` on an open ``h5py`` file or dataset, encoded."""
     for key, value in attrs.items():
         h5.attrs[key] = encode_attr(value)

@@ -16,12 +16,13 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import numpy as np
 
 if TYPE_CHECKING:
     from PIL import Image
+    from transformers import BaseImageProcessor
 
 Mode = Literal["pad", "anyres"]
 NonRgb = Literal["convert", "bad"]
@@ -94,13 +95,13 @@ def load_image(
     return image, mode
 
 
-def _open_bytes(source: Path | bytes) -> io.IOBase:
+def _open_bytes(source: Path | bytes) -> BinaryIO:
     if isinstance(source, (bytes, bytearray)):
         return io.BytesIO(source)
     return open(source, "rb")  # noqa: SIM115 (closed by the caller's with-block)
 
 
-def _decode(fh: Any, max_pixels: int) -> Image.Image:
+def _decode(fh: BinaryIO, max_pixels: int) -> Image.Image:
     from PIL import Image, ImageFile, UnidentifiedImageError
 
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -132,14 +133,14 @@ def _code(exc: Exception) -> str:
 # ---------------------------------------------------------------- processors
 
 
-def default_processor() -> Any:
+def default_processor() -> BaseImageProcessor:
     """The LLaVA-1.6 image processor (PIL backend), from the built-in config."""
     from transformers import LlavaNextImageProcessorPil
 
     return LlavaNextImageProcessorPil(**LLAVA_V16_PROCESSOR)
 
 
-def load_processor(path: Path | str | None) -> Any:
+def load_processor(path: Path | str | None) -> BaseImageProcessor:
     """The image processor saved in a model folder (PIL backend), or the built-in one for ``None``."""
     if path is None:
         return default_processor()
@@ -148,7 +149,7 @@ def load_processor(path: Path | str | None) -> Any:
     return LlavaNextImageProcessorPil.from_pretrained(str(path))
 
 
-def processor_config(processor: Any) -> dict[str, Any]:
+def processor_config(processor: BaseImageProcessor) -> dict[str, Any]:
     """JSON-able processor settings, for provenance."""
     import json
 
@@ -175,7 +176,7 @@ def expand2square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
 class ImagePreprocessor:
     """Turns RGB PIL images into model-ready float32 tensors, in ``pad`` or ``anyres`` mode."""
 
-    def __init__(self, processor: Any, mode: Mode = "pad"):
+    def __init__(self, processor: BaseImageProcessor, mode: Mode = "pad"):
         if mode not in ("pad", "anyres"):
             raise ValueError(f"unknown mode {mode!r} (valid: pad, anyres)")
         self.processor, self.mode = processor, mode
@@ -203,7 +204,7 @@ class ImagePreprocessor:
         return Pixels(values, tuple(int(x) for x in out["image_sizes"][0]))
 
 
-def _clip_processor(processor: Any) -> Any:
+def _clip_processor(processor: BaseImageProcessor) -> BaseImageProcessor:
     """CLIP preprocessing with the model processor's own settings (what upstream ``pad`` runs)."""
     from transformers import CLIPImageProcessorPil
 

@@ -59,7 +59,7 @@ def files_manifest(spec: Any, policy: str) -> dict[str, Any]:
     return {"source": "files", "splits": splits}
 
 
-def bad_record_policy(recipe: Any) -> str:
+def bad_record_policy(recipe: Mapping[str, Any]) -> str:
     """``fail`` unless the recipe's precompute skips bad records (then they are counted here)."""
     precompute = recipe.get("precompute") if isinstance(recipe, dict) else None
     return "skip" if isinstance(precompute, dict) and precompute.get("on_bad_record") == "skip" else "fail"

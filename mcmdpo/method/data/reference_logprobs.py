@@ -31,6 +31,7 @@ from mcmdpo.method.data.hdf5 import read_attrs, write_attrs
 if TYPE_CHECKING:
     import torch
 
+    from mcmdpo.batch.stage import TaskInput
     from mcmdpo.method.data.shards import PreferenceShards
 
 FORMAT = "mcmdpo-reference-logprobs/1"
@@ -44,7 +45,11 @@ def reference_attrs(content: Mapping[str, Any], **facts: Any) -> dict[str, Any]:
 
 
 def write_logprobs(
-    final: Path, values: Mapping[str, np.ndarray], ids: Sequence[str], positions: Any, attrs: Mapping
+    final: Path,
+    values: Mapping[str, np.ndarray],
+    ids: Sequence[str],
+    positions: Sequence[int] | np.ndarray,
+    attrs: Mapping,
 ) -> None:
     """Write ``logprobs.h5`` under a temporary name and rename it into place."""
     import h5py
@@ -91,7 +96,7 @@ class ReferenceLogprobs:
         self.counts = counts
 
     @classmethod
-    def from_inputs(cls, inputs: Iterable[Any]) -> ReferenceLogprobs:
+    def from_inputs(cls, inputs: Iterable[TaskInput]) -> ReferenceLogprobs:
         """Open the finished reference tasks (``ctx.inputs["reference"]``) in shard order.
 
         Refuses an incomplete set (missing shards, or tasks from different shard counts).
@@ -103,7 +108,7 @@ class ReferenceLogprobs:
     def __len__(self) -> int:
         return int(len(self.ids))
 
-    def lookup(self, indices: int | Sequence[int] | Any) -> dict[str, torch.Tensor]:
+    def lookup(self, indices: int | Sequence[int] | np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """``{condition: float64 tensor}`` for global sample index(es); an int gives 0-d tensors."""
         import torch
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,7 @@ class SftShards(PreferenceShards):
     """Every shard of an ``sft_data`` stage as one dataset (global index in O(1))."""
 
     reader_class = SftShardReader
+    readers: Sequence[SftShardReader]
 
 
 # ---------------------------------------------------------------- building one shard
@@ -223,7 +224,7 @@ def build_sft_shard(
     store: str = "bytes",
     on_bad_record: str = "fail",
     max_pixels: int = 89_478_485,
-    after_sample: Any = None,
+    after_sample: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
     """Write shard ``shard`` of ``num_shards`` of the sources' records; return its report."""
     everything = read_sources(sources)

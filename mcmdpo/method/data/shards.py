@@ -37,13 +37,17 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mcmdpo.batch.errors import StateError
 from mcmdpo.batch.stage import TaskContext, TaskInput
 from mcmdpo.method.data.hdf5 import decode_attr, encode_attr, read_attrs
+
+if TYPE_CHECKING:
+    import h5py
+    from typing_extensions import Self
 
 FORMAT = "mcmdpo-preference-shard/1"
 INDEX_FORMAT = "mcmdpo-preference-index/1"
@@ -192,7 +196,7 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.abort()
 
 
@@ -243,7 +247,7 @@ class ShardReader:
         }
 
     @property
-    def file(self) -> Any:
+    def file(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
             import h5py
 
@@ -270,7 +274,7 @@ class ShardReader:
             self._meta = meta
         return self._meta
 
-    def _layout(self, side: str) -> tuple[Any, tuple[int, ...], np.dtype, bool]:
+    def _layout(self, side: str) -> tuple[h5py.Dataset, tuple[int, ...], np.dtype, bool]:
         """(dataset, per-patch shape, dtype, direct chunk reads possible), looked up once."""
         if self._pixels is None or self._pixels_pid != os.getpid():
             self._pixels, self._pixels_pid = {}, os.getpid()
@@ -322,7 +326,7 @@ class PreferenceShards:
     """The per-shard reader (:class:`mcmdpo.method.data.sft_shards.SftShards` reads SFT shards)."""
 
     def __init__(self, paths: Sequence[Path | str], counts: Sequence[int] | None = None):
-        self.readers = [self.reader_class(p) for p in paths]
+        self.readers: Sequence[ShardReader] = [self.reader_class(p) for p in paths]
         counts = [len(r) for r in self.readers] if counts is None else list(counts)
         if len(counts) != len(self.readers):
             raise ValueError("one count per shard")
@@ -360,7 +364,7 @@ class PreferenceShards:
         return [str(t) for r in self.readers for t in r.meta[name]]
 
     @classmethod
-    def from_index(cls, index_path: Path | str) -> PreferenceShards:
+    def from_index(cls, index_path: Path | str) -> Self:
         """Open the shards listed in an index JSON (paths relative to the index's folder)."""
         index_path = Path(index_path)
         index = json.loads(index_path.read_text())
@@ -370,7 +374,7 @@ class PreferenceShards:
         return cls(paths, [s["num_samples"] for s in index["shards"]])
 
     @classmethod
-    def from_inputs(cls, inputs: Iterable[Any]) -> PreferenceShards:
+    def from_inputs(cls, inputs: Iterable[TaskInput]) -> Self:
         """Open the finished precompute tasks (``ctx.inputs["precompute"]``), in shard order.
 
         Refuses an incomplete set (missing shards, or tasks from different shard counts).
@@ -382,7 +386,7 @@ class PreferenceShards:
             r.close()
 
 
-def ordered_shard_outputs(inputs: Iterable[Any], kind: str) -> list[Path]:
+def ordered_shard_outputs(inputs: Iterable[TaskInput], kind: str) -> list[Path]:
     """The ``.h5`` outputs of finished shard tasks, in shard order.
 
     Refuses an incomplete set (missing shards, or tasks from different shard counts).

@@ -15,9 +15,9 @@ pad-mode features are computed here and handed to the model as ``mm_encoder_outp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from transformers import PreTrainedModel, ProcessorMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mcmdpo.batch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import BaseImageProcessor
 
 ImageMode = Literal["pad", "anyres"]
 IMAGE_MODES: tuple[str, ...] = ("pad", "anyres")
@@ -88,7 +91,7 @@ def _pad_pixels(processor: ProcessorMixin, img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array.transpose(2, 0, 1).copy()).unsqueeze(0)
 
 
-def _resample(image_processor: Any) -> int:
+def _resample(image_processor: BaseImageProcessor) -> int:
     resample = getattr(image_processor, "resample", None)
     return int(resample) if resample is not None else int(Image.Resampling.BICUBIC)
 
@@ -157,7 +160,9 @@ def image_encoder_outputs(features: Sequence[torch.Tensor]) -> dict[str, BaseMod
     return {"image": BaseModelOutputWithPooling(pooler_output=list(features))}
 
 
-def check_geometry(processor: Any, patch_shape: Any, path: Path | str, who: str) -> None:
+def check_geometry(
+    processor: ProcessorMixin, patch_shape: Iterable[int] | None, path: Path | str, who: str
+) -> None:
     """Shard pixel tensors must have the crop size of ``who``'s processor (the model that reads them)."""
     side = crop_side(processor)
     if patch_shape is not None and int(list(patch_shape)[-1]) != side:

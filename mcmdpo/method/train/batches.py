@@ -34,11 +34,14 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mcmdpo.method.train.spec import BatchLayout
+
+if TYPE_CHECKING:
+    import torch
 
 
 class DataOrder:
@@ -92,7 +95,7 @@ class DataOrder:
         return hashlib.sha256(self.permutation(epoch).astype(np.int64).tobytes()).hexdigest()[:16]
 
 
-def epoch_generator(seed: int, epoch: int) -> Any:
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A ``torch.Generator`` seeded from (seed, epoch) alone (upstream: torch's global generator)."""
     import torch
 
@@ -100,7 +103,9 @@ def epoch_generator(seed: int, epoch: int) -> Any:
     return torch.Generator().manual_seed(int(state) >> 1)
 
 
-def length_grouped_order(lengths: Sequence[int], layout: BatchLayout, generator: Any) -> np.ndarray:
+def length_grouped_order(
+    lengths: Sequence[int], layout: BatchLayout, generator: torch.Generator
+) -> np.ndarray:
     """Upstream's length-grouped order, each megabatch's micro-batches laid out rank-major (ours)."""
     chunks = layout.world * layout.accum
     flat = length_grouped_indices(lengths, layout.micro, chunks, generator)
@@ -115,7 +120,7 @@ def length_grouped_order(lengths: Sequence[int], layout: BatchLayout, generator:
 
 
 def length_grouped_indices(
-    lengths: Sequence[int], batch_size: int, world_size: int, generator: Any
+    lengths: Sequence[int], batch_size: int, world_size: int, generator: torch.Generator
 ) -> list[int]:
     """Upstream ``get_length_grouped_indices`` (LLaVA ``llava_trainer.py``), same draws for the same
     generator: ``randperm``, megabatches of ``world_size * batch_size`` sorted longest first, each split
@@ -238,7 +243,9 @@ class _Items:
         return self.item(int(index))
 
 
-def step_loader(objective: Any, order: DataOrder, rank: int, first_step: int, last_step: int) -> Any:
+def step_loader(
+    objective: Any, order: DataOrder, rank: int, first_step: int, last_step: int
+) -> WorkerLoader | Prefetcher:
     """A :class:`WorkerLoader` when the objective loads per item with workers, else a
     :class:`Prefetcher` over ``objective.load`` (one background thread)."""
     workers = int(getattr(objective, "workers", 0))

@@ -26,12 +26,15 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from mcmdpo.batch.artifacts import read_json, write_json_atomic
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 MARKER = "COMPLETE"
 TRAINER_STATE = "trainer.json"
@@ -98,7 +101,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(engine: Any, root: Path, step: int, state: dict[str, Any], rank: int) -> Path:
+def save_checkpoint(engine: DeepSpeedEngine, root: Path, step: int, state: dict[str, Any], rank: int) -> Path:
     """Write ``step-NNNNNNN/`` on every rank, then (rank 0, after a barrier) its ``COMPLETE`` marker.
 
     Collective: every rank must call it at the same step.
@@ -131,7 +134,7 @@ def read_state(folder: Path) -> dict[str, Any]:
     return dict(read_json(folder / TRAINER_STATE))
 
 
-def load_checkpoint(engine: Any, folder: Path, rank: int) -> dict[str, Any]:
+def load_checkpoint(engine: DeepSpeedEngine, folder: Path, rank: int) -> dict[str, Any]:
     """Restore DeepSpeed state (model, optimizer, scheduler) and this rank's RNG; return trainer.json."""
     path, _ = engine.load_checkpoint(
         str(folder.parent), tag=folder.name, load_optimizer_states=True, load_lr_scheduler_states=True

@@ -12,11 +12,14 @@ import copy
 import math
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mcmdpo.method.train.spec import BatchLayout, TrainSpec
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
@@ -143,7 +146,9 @@ def warmup_steps(spec: TrainSpec, total_steps: int) -> int:
     return math.ceil(spec.warmup_ratio * total_steps)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, spec: TrainSpec, total_steps: int) -> Any:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, spec: TrainSpec, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     from transformers import get_scheduler
 
     return get_scheduler(
@@ -154,7 +159,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, spec: TrainSpec, total_ste
     )
 
 
-def build_engine(model: torch.nn.Module, spec: TrainSpec, layout: BatchLayout, total_steps: int) -> Any:
+def build_engine(
+    model: torch.nn.Module, spec: TrainSpec, layout: BatchLayout, total_steps: int
+) -> DeepSpeedEngine:
     """``deepspeed.initialize`` with our optimizer and schedule; returns the engine."""
     import deepspeed
 

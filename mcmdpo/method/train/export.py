@@ -10,10 +10,15 @@ and renamed into place.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from deepspeed import DeepSpeedEngine
+    from transformers import PreTrainedModel, ProcessorMixin
 
 
-def gathered_state_dict(engine: Any) -> dict[str, Any] | None:
+def gathered_state_dict(engine: DeepSpeedEngine) -> dict[str, torch.Tensor] | None:
     """The full state dict on rank 0 (None elsewhere). Collective under ZeRO-3."""
     import torch.distributed as dist
 
@@ -24,7 +29,9 @@ def gathered_state_dict(engine: Any) -> dict[str, Any] | None:
     return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
 
 
-def export_model(engine: Any, processor: Any, final: Path, *, use_cache: bool | None = None) -> None:
+def export_model(
+    engine: DeepSpeedEngine, processor: ProcessorMixin, final: Path, *, use_cache: bool | None = None
+) -> None:
     """Write ``final`` (rank 0) with ``save_pretrained`` + the processor; every rank must call it."""
     import torch.distributed as dist
 
@@ -35,7 +42,11 @@ def export_model(engine: Any, processor: Any, final: Path, *, use_cache: bool | 
 
 
 def write_folder(
-    model: Any, processor: Any, state: dict[str, Any] | None, final: Path, use_cache: Any
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    state: dict[str, torch.Tensor] | None,
+    final: Path,
+    use_cache: bool | None,
 ) -> None:
     """``save_pretrained`` into a hidden temp folder next to ``final``, then rename it to ``final``."""
     from mcmdpo.batch.resumable import atomic_dir

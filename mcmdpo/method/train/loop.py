@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -40,12 +40,23 @@ from mcmdpo.batch.stage import TaskContext
 from mcmdpo.method.data.shards import PreferenceShards
 from mcmdpo.method.model.images import check_geometry
 from mcmdpo.method.train import checkpoint
-from mcmdpo.method.train.batches import DataOrder, conversation_lengths, sample_lengths, step_loader
+from mcmdpo.method.train.batches import (
+    DataOrder,
+    Prefetcher,
+    WorkerLoader,
+    conversation_lengths,
+    sample_lengths,
+    step_loader,
+)
 from mcmdpo.method.train.engine import build_engine, seed_everything, setup_distributed
 from mcmdpo.method.train.export import export_model
 from mcmdpo.method.train.metrics import MetricsLog, log_line
 from mcmdpo.method.train.objectives import MicroResult, SampleSource
 from mcmdpo.method.train.spec import TrainSpec
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+    from transformers import PreTrainedModel, ProcessorMixin
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -61,10 +72,10 @@ class Objective(Protocol):
 
     def load(self, indices: Sequence[int]) -> Any: ...
 
-    def loss(self, model: Any, batch: Any) -> MicroResult: ...
+    def loss(self, model: PreTrainedModel, batch: Any) -> MicroResult: ...
 
 
-ObjectiveFactory = Callable[[SampleSource, Any, Any], Objective]
+ObjectiveFactory = Callable[[SampleSource, "PreTrainedModel", "ProcessorMixin"], Objective]
 
 
 class IncompatibleCheckpoint(StateError):
@@ -103,11 +114,11 @@ class TrainData:
     how to make the sample source once the model's processor is known (and check it fits)."""
 
     mode: str
-    make_source: Callable[[Any], Any]
+    make_source: Callable[[ProcessorMixin], Any]
     lengths: Callable[[int, str], list[int]]
     """``lengths(n, stage)``: upstream's modality lengths of the first ``n`` samples, for
     ``data_order = "length_grouped"``."""
-    check: Callable[[Any], None] = lambda processor: None
+    check: Callable[[ProcessorMixin], None] = lambda processor: None
 
 
 def run_training(
@@ -197,10 +208,10 @@ def open_shards(ctx: TaskContext) -> PreferenceShards:
 class Policy:
     """The starting model as loaded: what the engine wraps and what the export needs."""
 
-    model: Any
-    processor: Any
+    model: PreTrainedModel
+    processor: ProcessorMixin
     mode: str
-    use_cache: Any
+    use_cache: bool | None
     shapes: dict[str, list[int]]
 
 
@@ -256,7 +267,7 @@ class Trainer:
         self,
         ctx: TaskContext,
         spec: TrainSpec,
-        engine: Any,
+        engine: DeepSpeedEngine,
         objective: Objective,
         order: DataOrder,
         total_steps: int,
@@ -333,7 +344,7 @@ class Trainer:
             prefetch.close()
             self.metrics.close()
 
-    def step(self, prefetch: Any) -> None:
+    def step(self, prefetch: WorkerLoader | Prefetcher) -> None:
         """One optimizer step: forward/backward of this rank's micro-batches, update, all-reduce."""
         started = time.perf_counter()
         times = StepTimes()

@@ -14,7 +14,10 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 
 class MetricsLog:
@@ -22,9 +25,9 @@ class MetricsLog:
 
     def __init__(self, path: Path, *, enabled: bool, tensorboard: Path | None = None):
         self.path, self.enabled = path, enabled
-        self._tb: Any = None
+        self._tb: SummaryWriter | None = None
         self._tb_dir = tensorboard if enabled else None
-        self._progress: Any = None
+        self._progress: Progress | None = None
 
     @property
     def offset(self) -> int:
@@ -70,7 +73,7 @@ class MetricsLog:
             self._progress = None
 
 
-def tensorboard_writer(folder: Path, start_step: int) -> Any:
+def tensorboard_writer(folder: Path, start_step: int) -> SummaryWriter:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:

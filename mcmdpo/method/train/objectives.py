@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +31,13 @@ import torch.nn.functional as F
 from mcmdpo.method.losses import CHOSEN, PreferenceLoss
 from mcmdpo.method.model.images import encode_images, image_encoder_outputs
 from mcmdpo.method.samples import SampleSource
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from mcmdpo.method.data.reference_logprobs import ReferenceLogprobs
+    from mcmdpo.method.logprobs import PreferenceTokens
+    from mcmdpo.method.samples import ConversationSource
 
 IGNORE_INDEX = -100
 
@@ -73,7 +80,14 @@ class SftObjective:
 
     metric_names: tuple[str, ...] = ("answer_tokens", "truncated")
 
-    def __init__(self, source: Any, max_length: int, pad_id: int, image_token_id: int, workers: int = 0):
+    def __init__(
+        self,
+        source: SampleSource | ConversationSource,
+        max_length: int,
+        pad_id: int,
+        image_token_id: int,
+        workers: int = 0,
+    ):
         self.source, self.max_length = source, max_length
         self.pad_id, self.image_token_id = pad_id, image_token_id
         self.workers = workers
@@ -124,7 +138,7 @@ class SftObjective:
     def load(self, indices: Sequence[int]) -> SftBatch:
         return self.collate([self.item(int(i)) for i in indices])
 
-    def loss(self, model: Any, batch: SftBatch) -> MicroResult:
+    def loss(self, model: PreTrainedModel, batch: SftBatch) -> MicroResult:
         device = model.device
         features = encode_images(model, batch.pixels, batch.sizes, self.source.mode)  # type: ignore[arg-type]
         hidden = model.model(
@@ -147,7 +161,7 @@ class SftObjective:
 @dataclass
 class PreferenceBatch:
     indices: np.ndarray
-    tokens: list[Any]  # PreferenceTokens
+    tokens: list[PreferenceTokens]
     reference: dict[str, torch.Tensor] | None
     sequence_tokens: int
 
@@ -157,7 +171,7 @@ class OfflineReference:
 
     online = False
 
-    def __init__(self, table: Any, conditions: Sequence[str]):
+    def __init__(self, table: ReferenceLogprobs, conditions: Sequence[str]):
         self.table, self.conditions = table, tuple(conditions)
 
     def lookup(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
@@ -170,10 +184,10 @@ class OnlineReference:
 
     online = True
 
-    def __init__(self, model: Any, engine: str, mode: str, conditions: Sequence[str]):
+    def __init__(self, model: PreTrainedModel, engine: str, mode: str, conditions: Sequence[str]):
         self.model, self.engine, self.mode, self.conditions = model, engine, mode, tuple(conditions)
 
-    def score(self, tokens: Sequence[Any]) -> dict[str, torch.Tensor]:
+    def score(self, tokens: Sequence[PreferenceTokens]) -> dict[str, torch.Tensor]:
         from mcmdpo.method.logprobs import sequence_logprobs
 
         with torch.no_grad():
@@ -221,7 +235,7 @@ class PreferenceObjective:
                 "raise max_length"
             )
 
-    def sequence_tokens(self, sample: Any) -> int:
+    def sequence_tokens(self, sample: PreferenceTokens) -> int:
         """Tokens of the sample's condition sequences as the naive engine lays them out."""
         total = 0
         for name in self.conditions:
@@ -236,7 +250,7 @@ class PreferenceObjective:
         reference = None if self.reference.online else self.reference.lookup(index_array)
         return PreferenceBatch(index_array, tokens, reference, sum(map(self.sequence_tokens, tokens)))
 
-    def loss(self, model: Any, batch: PreferenceBatch) -> MicroResult:
+    def loss(self, model: PreTrainedModel, batch: PreferenceBatch) -> MicroResult:
         from mcmdpo.method.logprobs import sequence_logprobs
 
         policy = sequence_logprobs(
