@@ -1,19 +1,20 @@
-"""How a stage finds what an upstream stage produced: the one home of every file name and lookup.
+"""How a stage finds what an upstream stage produced, where that crosses the wings.
 
 Stages never import each other; they meet here. A finished upstream task arrives as a
 :class:`~mcmdpo.batch.stage.TaskInput` in ``ctx.inputs[stage]``; these functions turn it into what the
 consumer needs:
 
-- models: :func:`model_dir` (the HF folder of a ``model`` / ``sft`` / ``preference`` task, following
-  ``model.json`` to an external folder), :func:`upstream_model` / :func:`init_model_dir` (the first
-  consumed stage of a preference order), :func:`upstream_model_info`, :func:`model_fingerprint`;
 - data: :func:`split_source` (a split of the ``data`` manifest with absolute paths),
   :func:`planned_records` (record counts at planning time), :func:`precompute_shard_params`;
-- shards: :func:`shard_input` (this task's precompute ``.h5``), :func:`check_geometry`;
 - curation: the file names :data:`CURATE_DEDUPE`, :data:`CURATED`, :data:`CURATE_REPORT`,
   :func:`curated_files` (the outputs of ``curate_split``), :func:`sft_sources` (the SFT files);
-- evaluation: :data:`MODEL_STAGES`, :func:`eval_models`, :func:`benchmark_source`,
-  :func:`eval_shards` and the file names :data:`PREDICTIONS`, :data:`GENERATION`.
+- evaluation: :func:`eval_models`, :func:`benchmark_source`, :func:`eval_shards`,
+  :func:`eval_model_dir`, :func:`stage_spec`.
+
+Hand-offs inside one wing live with their writer: model folders in
+:mod:`mcmdpo.method.model.folders` (``model_dir``, ``upstream_model``, ``model_fingerprint``,
+``declared_mode``, ``MODEL_STAGES``), shard inputs in :mod:`mcmdpo.method.data.shards`
+(``shard_input``), prediction file names in :mod:`mcmdpo.evaluation.metrics.predictions`.
 
 Imports stay light (no torch); heavy modules are imported inside functions.
 """
