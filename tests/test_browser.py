@@ -122,7 +122,7 @@ def test_cases_sort_by_a_model_by_a_difference_and_filter(chrome, report_page):
 def test_markup_in_a_prediction_shows_as_text_and_the_raw_record_opens(chrome, report_page):
     from selenium.webdriver.common.by import By
 
-    _, index = report_page
+    run, index = report_page
     chrome.get(index.as_uri())
     cell = '#cases-table tr[data-id="3"] td:nth-child(7) div'
     assert chrome.execute_script(f"return document.querySelector('{cell}').textContent") == XSS
@@ -131,7 +131,12 @@ def test_markup_in_a_prediction_shows_as_text_and_the_raw_record_opens(chrome, r
     assert chrome.execute_script(f'return document.querySelectorAll("{injected}").length') == 0
     chrome.find_element(By.CSS_SELECTOR, '#cases-table tr[data-id="3"] a.item-id').click()
     records = chrome.find_element(By.CSS_SELECTOR, 'tr.records[data-records-for="3"]').text
-    assert '"response"' in records and "palt.jsonl" in records and "onerror" in records
+    assert "predictions/preference/palt.jsonl" in records
+    pres = "tr.records[data-records-for='3'] pre"
+    shown = chrome.execute_script(f'return [...document.querySelectorAll("{pres}")].map(p => p.textContent)')
+    raw = (run / "score/t002palt/predictions/preference/palt.jsonl").read_text().splitlines()[3]
+    record = json.loads(shown[2])["record"]  # the third model's record, field for field and in file order
+    assert record == json.loads(raw) and list(record) == list(json.loads(raw)) and record["response"] == XSS
     assert chrome.execute_script("return window.__xss === undefined")
     assert console_errors(chrome) == []
 

@@ -110,8 +110,8 @@ def test_prepare_writes_blind_seeded_pages_and_a_key(tmp_path):
     key = json.loads(study.key.read_text())
     assert study.out_dir == run / "humaneval" and len(study.pages) == 3 and study.questions == 12
     assert [p["a"] for p in key["pairs"]] == ["+MCM-DPO", "+MCM-DPO"] and len(key["items"]) == 6
-    sides = [q["left"] for qs in key["annotators"].values() for q in qs]
-    assert set(sides) == {"a", "b"}
+    for qs in key["annotators"].values():  # A on the left in exactly half of each annotator's questions
+        assert sorted(q["left"] for q in qs) == ["a"] * 6 + ["b"] * 6
     orders = [[(q["pair"], q["item"]) for q in qs] for qs in key["annotators"].values()]
     assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])  # same questions, own order
     for page in study.pages:
@@ -213,6 +213,17 @@ def test_collect_reports_every_problem_on_one_line_each(tmp_path):
     assert len(problems) == 3 and all("\n" not in p for p in problems)
     assert "wrong run or study folder" in problems[0] and "3 of 12 questions not judged" in problems[1]
     assert "annotator 'a1' again" in problems[2]
+    garbage = tmp_path / "g.json"
+    entries = [{"question": "q0001", "choice": "left"}, "q0002"]
+    garbage.write_text(json.dumps({"format": EXPORT_FORMAT, "study": key["fingerprint"], "annotator": "a2",
+                                   "judgements": entries}))  # fmt: skip
+    not_json = tmp_path / "n.json"
+    not_json.write_text("{")
+    with pytest.raises(StudyError) as info:
+        collect_study([garbage, not_json, tmp_path / "absent.json"], study.out_dir)
+    assert [p.split(": ", 1)[1][:24] for p in info.value.problems] == [
+        "'judgements' is not a li", "cannot read the judgemen", "cannot read the judgemen",
+    ]  # fmt: skip
     result = CliRunner().invoke(
         app, ["humaneval", "collect", str(wrong_run), str(missing), "--out", str(study.out_dir)]
     )

@@ -93,8 +93,8 @@ def study_case(table: ResultTable, rows: Sequence[TableRow], benchmark: str) -> 
     """The case set of the pairs' rows (one model column per row)."""
     from mcmdpo.report.cases import case_models, case_set
 
-    keys = {r.key for r in rows}
-    models = [m for m in case_models(table, benchmark) if m.key in keys]
+    labels = {r.label for r in rows}
+    models = [m for m in case_models(table, benchmark) if m.row in labels]
     missing = [m.file.predictions_path for m in models if not m.file.predictions_path.is_file()]
     if missing:
         raise StudyError(
@@ -121,11 +121,11 @@ def page_data(
     from mcmdpo.report.cases import id_text
 
     items = {id_text(i.id): i for i in case.items}
-    index = {m.key: n for n, m in enumerate(case.models)}
+    index = {m.row: n for n, m in enumerate(case.models)}
     out = []
     for q in key["annotators"][annotator]:
         pair, item = key["pairs"][q["pair"]], items[q["item"]]
-        texts = {s: str(case.records[index[pair[f"{s}_key"]]][q["item"]].get("response", "")) for s in "ab"}
+        texts = {s: str(case.records[index[pair[s]]][q["item"]].get("response", "")) for s in "ab"}
         right = "b" if q["left"] == "a" else "a"
         out.append(
             {

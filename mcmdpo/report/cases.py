@@ -31,8 +31,11 @@ class CaseModel:
     """One model column of a case set: a table row and the metrics file of this benchmark."""
 
     label: str
+    """The column header: the row's label, plus run and seed when the row averages several."""
     key: str
     file: MetricsFile
+    row: str
+    """The table row's label (unique in a table)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def case_models(table: ResultTable, benchmark: str) -> list[CaseModel]:
     for row in table.rows:
         files = [f for f in row.files if f.benchmark == benchmark] if row.kind == "result" else []
         if files:
-            out.append(CaseModel(_case_label(row, files), row.key, files[0]))
+            out.append(CaseModel(_case_label(row, files), row.key, files[0], row.label))
     return out
 
 

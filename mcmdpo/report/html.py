@@ -221,8 +221,9 @@ def cases_data(case: CaseSet, images: Mapping[str, str], table: ResultTable) -> 
             "run": m.file.run,
             "source": str(m.file.predictions_path),
             "common": c,
+            "fields": list(next(iter(records.values()), {})),  # the file's field order, for display
         }
-        for m, c in zip(case.models, commons, strict=True)
+        for m, c, records in zip(case.models, commons, case.records, strict=True)
     ]
     return {
         "benchmark": case.benchmark,

@@ -65,13 +65,17 @@ def annotator_ids(count: int) -> list[str]:
 
 
 def questions(pairs: int, items: Sequence[str], annotator: str, seed: int) -> list[dict[str, Any]]:
-    """An annotator's questions: every (pair, item) once, shuffled, sides drawn per question."""
+    """An annotator's questions: every (pair, item) once, shuffled; A is on the left in half of them (one
+    more with an odd count), drawn at random, so that a preference for one side cannot favour a model."""
     rng = random.Random(f"{seed}/{annotator}")
     todo = [(p, i) for p in range(pairs) for i in items]
     rng.shuffle(todo)
+    sides = ["a", "b"] * (len(todo) // 2 + 1)
+    sides = sides[: len(todo)]
+    rng.shuffle(sides)
     return [
-        {"question": f"q{n:04d}", "pair": p, "item": i, "left": rng.choice("ab")}
-        for n, (p, i) in enumerate(todo, 1)
+        {"question": f"q{n:04d}", "pair": p, "item": i, "left": side}
+        for n, ((p, i), side) in enumerate(zip(todo, sides, strict=True), 1)
     ]
 
 

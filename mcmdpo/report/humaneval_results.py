@@ -17,6 +17,7 @@ left/right choices into win / tie / lose of the pair's first model A, and writes
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -123,25 +124,29 @@ def check_export(key: Mapping[str, Any], path: Path, doc: Mapping[str, Any]) -> 
             f"study {key['fingerprint']!r} (run {key['run']!r}): wrong run or study folder"
         ]
     annotator = doc.get("annotator")
-    if annotator not in key["annotators"]:
+    if not isinstance(annotator, str) or annotator not in key["annotators"]:
         return [f"{path}: annotator {annotator!r} is not in the key (known: {', '.join(key['annotators'])})"]
-    asked = {q["question"] for q in key["annotators"][annotator]}
-    answers = [j.get("question") for j in doc.get("judgements") or [] if isinstance(j, Mapping)]
+    entries = doc.get("judgements")
+    if not isinstance(entries, list) or not all(isinstance(j, Mapping) for j in entries):
+        return [f"{path}: 'judgements' is not a list of {{question, choice}} objects"]
+    return answer_problems(path, {q["question"] for q in key["annotators"][annotator]}, entries)
+
+
+def answer_problems(path: Path, asked: set[str], entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Questions not judged, judged twice or unknown, and unknown choices (first five of each)."""
+
+    def listed(names: Sequence[str]) -> str:
+        return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+
+    counts = Counter(str(j.get("question")) for j in entries)
     problems = []
-    missing = sorted(asked - set(answers))
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        problems.append(f"{path}: {len(missing)} of {len(asked)} questions not judged ({shown})")
-    unknown = sorted({str(a) for a in answers} - asked)
-    if unknown:
-        problems.append(f"{path}: questions not in the key: {', '.join(unknown[:5])}")
-    twice = sorted({str(a) for a in answers if answers.count(a) > 1})
-    if twice:
-        problems.append(f"{path}: questions judged more than once: {', '.join(twice[:5])}")
-    bad = sorted(
-        {str(j.get("choice")) for j in doc.get("judgements") or [] if j.get("choice") not in CHOICES}
-    )
-    if bad:
+    if missing := sorted(asked - set(counts)):
+        problems.append(f"{path}: {len(missing)} of {len(asked)} questions not judged ({listed(missing)})")
+    if unknown := sorted(set(counts) - asked):
+        problems.append(f"{path}: questions not in the key: {listed(unknown)}")
+    if twice := sorted(q for q, n in counts.items() if n > 1):
+        problems.append(f"{path}: questions judged more than once: {listed(twice)}")
+    if bad := sorted({str(j.get("choice")) for j in entries if j.get("choice") not in CHOICES}):
         problems.append(f"{path}: unknown choices {bad} (expected {', '.join(CHOICES)})")
     return problems
 

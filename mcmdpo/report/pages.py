@@ -49,8 +49,8 @@ def embed_json(data: Any) -> str:
 def asset(name: str) -> str:
     """A file of ``mcmdpo/report/web/`` (our own CSS / JS, inlined into pages)."""
     text = (resources.files("mcmdpo.report") / "web" / name).read_text(encoding="utf-8")
-    if "</" in text and name.endswith(".js"):
-        raise ValueError(f"web/{name}: contains '</', which would end the inline <script>")
+    if "</" in text:  # it would end the inline <script> / <style>
+        raise ValueError(f"web/{name}: contains '</', which would end its inline element")
     return text
 
 

@@ -122,12 +122,19 @@
     set.models.forEach((model, i) => {
       const out = item.outputs[i];
       td.appendChild(el("strong", model.label + " — " + model.source));
-      const record = out ? Object.assign({}, model.common, item.shared, out.record) : null;
+      const record = out ? inOrder(Object.assign({}, model.common, item.shared, out.record), model.fields) : null;
       const shown = out ? { record: record, scores: out.scores } : "no record for this item";
       td.appendChild(el("pre", JSON.stringify(shown, null, 2)));
     });
     tr.appendChild(td);
     return tr;
+  }
+
+  function inOrder(record, fields) {
+    const out = {};
+    (fields || []).forEach((k) => { if (k in record) out[k] = record[k]; });
+    Object.keys(record).forEach((k) => { if (!(k in out)) out[k] = record[k]; });
+    return out;
   }
 
   function toggle(id) {
