@@ -284,15 +284,21 @@ def report(
     compare: Annotated[
         tuple[str, str] | None, typer.Option(help="two rows (label or key): paired-bootstrap p-values")
     ] = None,
+    html: Annotated[
+        bool | None,
+        typer.Option(
+            "--html/--no-html", help="index.html with tables, figures and cases (default: [report])"
+        ),
+    ] = None,
 ) -> None:
-    """Tables (results.csv, table.md, table.tex) and figures of finished scores, with bootstrap intervals."""
+    """Tables (results.csv, table.md, table.tex), figures and index.html of finished scores."""
     from pydantic import ValidationError
     from rich.markup import escape
 
     from mcmdpo.report.outputs import comparison_table, report_runs
 
     try:
-        result = report_runs(run_dirs, out_dir, layout, paper, compare)
+        result = report_runs(run_dirs, out_dir, layout, paper, compare, html)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         err.print(f"[red]error:[/red] report: {escape(problems)}", highlight=False, soft_wrap=True)
@@ -305,6 +311,80 @@ def report(
     if compare:
         out.print(comparison_table(result.comparisons, *compare))
     err.print(f"wrote {len(result.files)} files to {result.out_dir}", highlight=False)
+
+
+humaneval_app = typer.Typer(
+    no_args_is_help=True, help="Human evaluation (paper Fig. 6): blind pairwise judgements."
+)
+app.add_typer(humaneval_app, name="humaneval")
+
+
+def _study_errors(exc: Exception) -> None:
+    """A study's problems, one line each (exit 2)."""
+    from rich.markup import escape
+
+    for line in getattr(exc, "problems", None) or [str(exc)]:
+        err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+@humaneval_app.command("prepare")
+def humaneval_prepare(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory with finished scores")],
+    more: Annotated[
+        list[str] | None,
+        typer.Argument(help="more A:B pairs (so that --pairs A:B C:D works)", show_default=False),
+    ] = None,
+    pairs: Annotated[
+        list[str] | None, typer.Option(help='A:B rows (label or key) to compare, e.g. "+MCM-DPO:+DPO"')
+    ] = None,
+    items: Annotated[int, typer.Option(help="test items per pair (drawn with --seed)")] = 100,
+    annotators: Annotated[int, typer.Option(help="one page per annotator")] = 3,
+    seed: Annotated[int, typer.Option(help="seed of the item draw, sides and order")] = 0,
+    benchmark: Annotated[
+        str | None, typer.Option(help="benchmark (default: the run's only alt-text one)")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="study folder (default <run>/humaneval)")
+    ] = None,
+) -> None:
+    """Write one blind annotation page per annotator and the key that un-blinds them."""
+    from mcmdpo.report.annotation import prepare_study
+
+    try:
+        study = prepare_study(
+            run_dir, [*(pairs or []), *(more or [])], items, annotators, seed, out_dir, benchmark
+        )
+    except (OSError, ValueError) as exc:
+        _study_errors(exc)
+    for page in study.pages:
+        out.print(Text(str(page)))
+    err.print(
+        f"study {study.fingerprint}: {study.items} items of {study.benchmark}, "
+        f"{study.questions} questions per annotator; send {study.out_dir / 'pages'} to the annotators, "
+        f"keep {study.key}",
+        highlight=False,
+        markup=False,
+    )
+
+
+@humaneval_app.command("collect")
+def humaneval_collect(
+    files: Annotated[list[Path], typer.Argument(help="the annotators' exported judgement files (JSON)")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="the study folder (holds key.json; results go here)")
+    ],
+    key: Annotated[Path | None, typer.Option(help="the study key (default <out>/key.json)")] = None,
+) -> None:
+    """Check the judgements against the key, un-blind them, and write win/tie/lose, agreement and Fig. 6."""
+    from mcmdpo.report.humaneval_results import collect_study, summary_markdown
+
+    try:
+        result = collect_study(files, out_dir, key)
+    except (OSError, ValueError) as exc:
+        _study_errors(exc)
+    sys.stdout.write(summary_markdown(result.summary))
+    err.print(f"wrote {len(result.files)} files to {out_dir}", highlight=False, markup=False)
 
 
 assets_app = typer.Typer(no_args_is_help=True, help="External resources the benchmarks need.")

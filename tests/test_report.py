@@ -395,7 +395,10 @@ def test_pipeline_report_stage_and_cli(tmp_path, nltk_data):  # noqa: F811
     (task,) = report.plan.stage("report").tasks
     folder = recipe.run_dir / "report" / task.task_id
     done = json.loads((folder / "DONE").read_text())
-    assert {"results.csv", "table.md", "table.tex", "figures/bars_test.png"} <= set(done["outputs"])
+    assert {"results.csv", "table.md", "table.tex", "figures/bars_test.png", "index.html"} <= set(
+        done["outputs"]
+    )
+    assert len([o for o in done["outputs"] if o.startswith("cases/test/")]) == 6  # [report] html = true
 
     cli = [sys.executable, "-m", "mcmdpo", "report", str(recipe.run_dir)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # System packages the tests use besides SLURM (slurm/dev-cluster/start.sh installs that): WordNet for the
-# NLTK-based metrics, built into an NLTK data folder by the tests, Java for pycocoevalcap, and pdflatex
-# with booktabs (texlive-latex-recommended) to compile the report's table.tex.
+# NLTK-based metrics, built into an NLTK data folder by the tests, Java for pycocoevalcap, pdflatex
+# with booktabs (texlive-latex-recommended) to compile the report's table.tex, and headless Chromium with
+# its chromedriver for the browser tests of the HTML report and the annotation pages (tests/test_browser.py;
+# the selenium driver comes with the dev extra).
 # Needs root and Debian's apt; does nothing when everything is present.
 set -euo pipefail
 need=()
@@ -10,6 +12,8 @@ need=()
 command -v java >/dev/null || need+=(default-jre-headless)
 command -v pdflatex >/dev/null || need+=(texlive-latex-base)
 { command -v kpsewhich >/dev/null && kpsewhich booktabs.sty >/dev/null; } || need+=(texlive-latex-recommended)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

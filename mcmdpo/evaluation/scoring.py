@@ -52,13 +52,18 @@ class ScoreJob:
         return f"{self.model}/{self.benchmark}"
 
 
+def predictions_file(model: str, benchmark: str) -> str:
+    """Where a score task keeps the merged predictions of (model, benchmark), relative to its folder."""
+    return f"predictions/{model}/{benchmark}.jsonl"
+
+
 def merge_shards(job: ScoreJob, out_dir: Path) -> tuple[list[dict[str, Any]], str]:
     """Concatenate the shard predictions (checked against the benchmark's item ids)."""
     from mcmdpo.evaluation.benchmarks import read_items
     from mcmdpo.evaluation.metrics.predictions import merge_predictions, read_predictions
 
     expected = [item.id for item in read_items(job.benchmark, job.source, job.limit)]
-    rel = f"predictions/{job.rel}.jsonl"
+    rel = predictions_file(job.model, job.benchmark)
     merge_predictions([t.dir / PREDICTIONS for t in job.shards], out_dir / rel, expected)
     return read_predictions(out_dir / rel), rel
 

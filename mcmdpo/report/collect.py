@@ -62,6 +62,13 @@ class MetricsFile:
         name = self.doc.get("samples")
         return self.path.parent / name if name else None
 
+    @property
+    def predictions_path(self) -> Path:
+        """The merged predictions of this (model, benchmark) in its score task's folder."""
+        from mcmdpo.evaluation.scoring import predictions_file
+
+        return self.path.parents[2] / predictions_file(self.model, self.benchmark)
+
     def samples(self) -> list[dict[str, Any]]:
         """Per-item rows (``<benchmark>.samples.jsonl``); ``[]`` when the file is absent."""
         path = self.samples_path

@@ -3,18 +3,21 @@
 ``<out>/results.csv``, ``table.md``, ``table.tex``, ``figures/*.png``, and with ``--paper``
 ``paper_comparison.csv``, with ``--compare A B`` ``compare.csv``; runs with curation add ``funnel.md``,
 ``funnel.csv`` and ``figures/funnel_<run>.png`` (:mod:`mcmdpo.report.funnel`), alone when nothing is
-scored yet. Every file is written under a
-temporary name and renamed.
+scored yet. With ``[report] html`` (the default) ``index.html`` and its case thumbnails ``cases/``
+(:mod:`mcmdpo.report.html`); a run dir with a collected human evaluation (``<run>/humaneval/``,
+:mod:`mcmdpo.report.humaneval_results`) adds ``humaneval.csv``, ``humaneval.md`` and
+``figures/humaneval.png``. Every file is written under a temporary name and renamed.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mcmdpo.batch.artifacts import write_text_atomic
+from mcmdpo.batch.artifacts import atomic_path, write_text_atomic
 from mcmdpo.report.spec import ReportSpec
 
 if TYPE_CHECKING:
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 
     from mcmdpo.report.collect import Collection
     from mcmdpo.report.compare import Comparison
+    from mcmdpo.report.humaneval_results import StudySummary
     from mcmdpo.report.paper import PaperResults
     from mcmdpo.report.results import BootstrapConfig, Result
     from mcmdpo.report.tables import ResultTable
@@ -32,6 +36,8 @@ TABLE_TEX = "table.tex"
 FIGURES = "figures"
 PAPER_CSV = "paper_comparison.csv"
 COMPARE_CSV = "compare.csv"
+HUMANEVAL_CSV = "humaneval.csv"
+HUMANEVAL_MD = "humaneval.md"
 
 
 class NoResults(ValueError):
@@ -106,11 +112,9 @@ def write_report(
     (and the training tasks upstream of them), as the report stage does.
     """
     from mcmdpo.report.collect import collect
-    from mcmdpo.report.compare import COMPARE_COLUMNS, compare_rows
+    from mcmdpo.report.compare import compare_rows
     from mcmdpo.report.funnel import funnel_markdown, write_funnels
-    from mcmdpo.report.paper import COMPARISON_COLUMNS
-    from mcmdpo.report.results import records_csv, write_csv
-    from mcmdpo.report.tables import render_latex, render_markdown
+    from mcmdpo.report.tables import render_markdown
 
     spec, out = spec or ReportSpec(), Path(out_dir)
     collection = collect(run_dirs, score_tasks)
@@ -118,26 +122,83 @@ def write_report(
     if not collection.files and collection.funnels:  # curation only (or no scores yet)
         return ReportOutputs(out, funnel_files, funnel_markdown(collection.funnels), None, [])
     built = build_from(collection, spec)
-    results, table, paper = built.results, built.table, built.paper
-    comparisons = compare_rows(table.rows, *compare, _bootstrap(spec)) if compare else []
-    markdown = render_markdown(table)
-    files = [out / RESULTS_CSV, out / TABLE_MD, out / TABLE_TEX]
-    write_csv(results, files[0])
-    write_text_atomic(files[1], markdown)
-    write_text_atomic(files[2], render_latex(table))
-    if paper is not None:
-        files.append(out / PAPER_CSV)
-        write_text_atomic(files[-1], records_csv(paper.comparisons(table.rows), COMPARISON_COLUMNS))
-    if comparisons:
-        files.append(out / COMPARE_CSV)
-        write_text_atomic(files[-1], records_csv([c.record(*compare) for c in comparisons], COMPARE_COLUMNS))
+    comparisons = compare_rows(built.table.rows, *compare, _bootstrap(spec)) if compare else []
+    files = write_tables(built, out, comparisons, compare)
     if spec.figures:
         from mcmdpo.report.figures import write_figures
 
-        files += write_figures(table, collection.training, out / FIGURES)
+        files += write_figures(built.table, collection.training, out / FIGURES)
+    studies, study_files, study_markdown = include_studies(collection.run_dirs, out)
+    files += study_files
+    if spec.html:
+        from mcmdpo.report.html import write_html
+
+        shown_apart = {figure for _, figure in studies}  # in the human-evaluation section
+        pngs = [f for f in [*files, *funnel_files] if f.suffix == ".png" and f not in shown_apart]
+        files += write_html(out, built.table, pngs, studies, collection.runs)
+    markdown = render_markdown(built.table) + study_markdown
     if collection.funnels:
         markdown += "\n" + funnel_markdown(collection.funnels)
-    return ReportOutputs(out, files + funnel_files, markdown, table, results, comparisons)
+    return ReportOutputs(out, files + funnel_files, markdown, built.table, built.results, comparisons)
+
+
+def write_tables(
+    built: Built, out: Path, comparisons: Sequence[Comparison], compare: tuple[str, str] | None
+) -> list[Path]:
+    """``results.csv``, ``table.md``, ``table.tex``, and the paper and ``--compare`` CSVs when asked."""
+    from mcmdpo.report.compare import COMPARE_COLUMNS
+    from mcmdpo.report.paper import COMPARISON_COLUMNS
+    from mcmdpo.report.results import records_csv, write_csv
+    from mcmdpo.report.tables import render_latex, render_markdown
+
+    files = [out / RESULTS_CSV, out / TABLE_MD, out / TABLE_TEX]
+    write_csv(built.results, files[0])
+    write_text_atomic(files[1], render_markdown(built.table))
+    write_text_atomic(files[2], render_latex(built.table))
+    if built.paper is not None:
+        files.append(out / PAPER_CSV)
+        write_text_atomic(
+            files[-1], records_csv(built.paper.comparisons(built.table.rows), COMPARISON_COLUMNS)
+        )
+    if comparisons and compare:
+        files.append(out / COMPARE_CSV)
+        write_text_atomic(files[-1], records_csv([c.record(*compare) for c in comparisons], COMPARE_COLUMNS))
+    return files
+
+
+def include_studies(
+    run_dirs: Sequence[Path], out: Path
+) -> tuple[list[tuple[StudySummary, Path]], list[Path], str]:
+    """The collected human evaluations of the run dirs (``<run>/humaneval/humaneval.json``): their rows
+    as ``humaneval.csv`` / ``humaneval.md`` and their figures under ``figures/`` (copied, so that the
+    report folder stands alone); returns (summary, figure in ``out``) pairs, the files and the Markdown."""
+    from mcmdpo.report.humaneval_results import (
+        SUMMARY_COLUMNS,
+        run_summary,
+        summary_markdown,
+        summary_records,
+    )
+    from mcmdpo.report.results import records_csv
+
+    studies, files = [], []
+    for run_dir in run_dirs:
+        found = run_summary(run_dir)
+        if found is None:
+            continue
+        summary, figure = found
+        copy = out / FIGURES / (f"humaneval_{summary.run}.png" if len(run_dirs) > 1 else "humaneval.png")
+        if figure.is_file():
+            with atomic_path(copy) as tmp:
+                shutil.copyfile(figure, tmp)
+            files.append(copy)
+        studies.append((summary, copy))
+    if not studies:
+        return [], [], ""
+    markdown = "\n" + "\n".join(summary_markdown(s) for s, _ in studies)
+    rows = [r for s, _ in studies for r in summary_records(s)]
+    write_text_atomic(out / HUMANEVAL_CSV, records_csv(rows, SUMMARY_COLUMNS))
+    write_text_atomic(out / HUMANEVAL_MD, markdown.lstrip("\n"))
+    return studies, [*files, out / HUMANEVAL_CSV, out / HUMANEVAL_MD], markdown
 
 
 def results_table(
@@ -197,12 +258,15 @@ def report_runs(
     layout: str | None = None,
     paper: bool = False,
     compare: tuple[str, str] | None = None,
+    html: bool | None = None,
 ) -> ReportOutputs:
-    """``mcmdpo report``: the first run's ``[report]`` settings (``layout``/``paper`` override them),
-    written to ``out_dir`` (default ``<first run dir>/report``)."""
+    """``mcmdpo report``: the first run's ``[report]`` settings (``layout``/``paper``/``html`` override
+    them), written to ``out_dir`` (default ``<first run dir>/report``)."""
     if not run_dirs:
         raise ValueError("report: give at least one run directory")
     base = run_spec(run_dirs[0])
     update = {"layout": layout or base.layout, "paper": paper or base.paper}
+    if html is not None:
+        update["html"] = html
     spec = ReportSpec.model_validate({**base.model_dump(), **update})
     return write_report(run_dirs, out_dir or Path(run_dirs[0]) / "report", spec, compare)

@@ -35,6 +35,11 @@ class ReportSpec(StageSpec):
     seed: int = Field(0, ge=0, description="seed of the bootstrap draws")
     paper: bool = Field(False, description="add the paper's published numbers as reference rows + deltas")
     figures: bool = Field(True, description="write figures/*.png (matplotlib)")
+    html: bool = Field(
+        True,
+        description="write index.html: tables, figures, human evaluation and a per-item cases view "
+        "(static, self-contained; case thumbnails under cases/)",
+    )
     representations: bool = Field(
         False, description="paper Fig. 7 representation plot (not implemented yet; must stay false)"
     )

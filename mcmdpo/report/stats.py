@@ -104,3 +104,23 @@ def paired_p_value(
     diffs = diffs[np.isfinite(diffs)]
     extreme = np.count_nonzero(np.abs(diffs - observed) >= abs(observed) - 1e-12 * max(1.0, abs(observed)))
     return observed, float((1 + extreme) / (1 + diffs.size))
+
+
+def fleiss_kappa(counts: np.ndarray) -> float:
+    """Fleiss' kappa (Fleiss 1971) of ``counts[item, category]`` = raters who put the item in the category.
+
+    Every item needs the same number of raters n >= 2. With N items, P_i = (sum_j n_ij^2 - n) / (n (n - 1))
+    the agreement on item i, p_j = sum_i n_ij / (N n) the share of category j:
+    kappa = (mean P_i - sum_j p_j^2) / (1 - sum_j p_j^2). NaN when every rating is one category.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    raters = counts.sum(axis=1)
+    if counts.size == 0 or not np.all(raters == raters[0]) or raters[0] < 2:
+        raise ValueError("Fleiss' kappa needs the same number (>= 2) of raters for every item")
+    n = raters[0]
+    agreement = ((counts**2).sum(axis=1) - n) / (n * (n - 1))
+    shares = counts.sum(axis=0) / counts.sum()
+    chance = float((shares**2).sum())
+    if chance >= 1.0:
+        return float("nan")
+    return float((agreement.mean() - chance) / (1 - chance))

@@ -3,7 +3,8 @@
 Runs wherever scoring does (implied by ``[score]``, itself implied by ``[eval]``): one CPU task that
 reads every score task of the run, all sweep points together (``gather``), and the ``metrics.jsonl``
 of the training tasks upstream of them (for the training curves), and writes into its task folder
-(see :mod:`mcmdpo.report.outputs`): ``results.csv``, ``table.md``, ``table.tex``, ``figures/*.png``.
+(see :mod:`mcmdpo.report.outputs`): ``results.csv``, ``table.md``, ``table.tex``, ``figures/*.png``,
+and (``html = true``, the default) ``index.html`` with its case thumbnails ``cases/``.
 ``mcmdpo report RUN_DIR [RUN_DIR ...]`` writes the same for several runs.
 """
 
