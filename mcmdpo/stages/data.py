@@ -14,6 +14,7 @@ as test, with its ``images/``). Relative recipe paths start at the directory ``m
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -88,8 +89,33 @@ def run_data(ctx: TaskContext) -> list[str]:
     return outputs
 
 
+def data_tasks(spec: DataSpec, doc: Any) -> list[dict[str, Any]]:
+    """One task; ``files`` are checked record by record right now, at validation (before queueing)."""
+    if spec.source == "files":
+        from mcmdpo.method.data import manifest as data_manifest
+
+        data_manifest.check_files(spec, data_manifest.bad_record_policy(doc))
+    return [{}]
+
+
+def data_stale(task_dir: Path, manifest: Any) -> str | None:
+    from mcmdpo.method.data.manifest import changed_split
+
+    return changed_split(task_dir, MANIFEST)
+
+
 def data_uses(spec: DataSpec, doc: Any) -> tuple[str, ...]:
     return ("curate_split",) if spec.source == "curate" else ()
 
 
-STAGE = register(Stage(name="data", spec=DataSpec, run=run_data, after=("curate_split",), uses=data_uses))
+STAGE = register(
+    Stage(
+        name="data",
+        spec=DataSpec,
+        run=run_data,
+        after=("curate_split",),
+        uses=data_uses,
+        tasks=data_tasks,
+        stale=data_stale,
+    )
+)
