@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import sys
 from dataclasses import replace
@@ -16,6 +17,7 @@ from rich.text import Text
 
 app = typer.Typer(
     no_args_is_help=True,
+    rich_markup_mode=None,  # help texts are plain: "[score.nltk]" stays as written
     help="Reproduce and extend MCM-DPO on SLURM clusters: recipes -> jobs -> tables and figures.",
     pretty_exceptions_enable=False,
 )
@@ -314,7 +316,9 @@ def report(
 
 
 humaneval_app = typer.Typer(
-    no_args_is_help=True, help="Human evaluation (paper Fig. 6): blind pairwise judgements."
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Human evaluation (paper Fig. 6): blind pairwise judgements.",
 )
 app.add_typer(humaneval_app, name="humaneval")
 
@@ -387,7 +391,9 @@ def humaneval_collect(
     err.print(f"wrote {len(result.files)} files to {out_dir}", highlight=False, markup=False)
 
 
-assets_app = typer.Typer(no_args_is_help=True, help="External resources the benchmarks need.")
+assets_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="External resources the benchmarks need."
+)
 app.add_typer(assets_app, name="assets")
 
 
@@ -440,6 +446,10 @@ def _print_dry_run(report, loaded, as_json: bool) -> None:  # noqa: ANN001
     out.print(Text(f"dry run: nothing submitted; run dir would be {report.plan.run_dir}"))
 
 
+USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+"""OS errors a user can cause and fix: shown as one line, not a traceback."""
+
+
 def main() -> None:
     """The console script: user errors become one line on stderr (exit 2) unless ``--debug``."""
     from mcmdpo.batch.errors import McmdpoError
@@ -454,6 +464,12 @@ def main() -> None:
         for line in lines:
             err.print(f"error: {line}", markup=False, highlight=False)
         sys.exit(getattr(exc, "exit_code", 2))
+    except OSError as exc:  # the machine said no (a full disk, a read-only or forbidden folder)
+        if OPTIONS["debug"] or exc.errno not in USER_OS_ERRORS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"error: {exc.strerror}{where}", markup=False, highlight=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,13 @@ def precompute_shard_params(
         raise ConfigError("the recipe needs a [precompute] section", field="precompute")
     n = section.get("num_shards") or 1
     per_shard = section.get("samples_per_shard")
+    if per_shard is None and n > 1:
+        count = planned_records(doc, section.get("split", "train"))
+        if count is not None and n > count:
+            raise ConfigError(
+                f"{n} shards for {count} records would plan {n - count} empty tasks; at most {count}",
+                field="precompute.num_shards",
+            )
     if per_shard is not None:
         count = planned_records(doc, section.get("split", "train"))
         data_file = section.get("data_file")

@@ -79,6 +79,15 @@ class LLMSpec(Spec):
         None, description="reply cache folder (default: <run_dir>/llm-cache, shared by all stages)"
     )
 
+    def environment_problems(self) -> list[tuple[str, str]]:
+        if self.api_key_env and not os.environ.get(self.api_key_env):
+            why = (
+                f"environment variable ${self.api_key_env} (the API key) is not set; export it before "
+                'submitting (jobs inherit it), or set api_key_env = "" for an endpoint without auth'
+            )
+            return [("api_key_env", why), *super().environment_problems()]
+        return super().environment_problems()
+
     def public(self) -> dict[str, Any]:
         """Settings safe to write into outputs (the key's variable name, never its value)."""
         return self.model_dump(mode="json", exclude={"cache_dir"})
@@ -392,6 +401,8 @@ class LLMClient:
             raise self._status_error(exc) from None
         except openai.APIError as exc:  # a 200 whose body is not a completion
             raise _Retryable(f"bad reply: {type(exc).__name__}: {str(exc)[:200]}") from None
+        except ValueError as exc:  # a 200 whose body is not UTF-8 JSON (UnicodeDecodeError, JSONDecodeError)
+            raise _Retryable(f"bad reply: the body is not UTF-8 JSON ({type(exc).__name__})") from None
 
     def _status_error(self, exc: openai.APIStatusError) -> Exception:
         status = exc.status_code

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from mcmdpo.batch.artifacts import read_json, write_json_atomic
+from mcmdpo.batch.artifacts import atomic_path, read_json, write_json_atomic
 from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
 
 
@@ -19,6 +19,7 @@ class CountSpec(StageSpec):
     step_s: float = Field(0.0, ge=0)
     fail_index: int | None = None
     fail_unless: str | None = None  # a path: the failing task succeeds once this file exists
+    pad_bytes: int = Field(0, ge=0)  # also write an output of this size (a full disk, in tests)
 
 
 def count_tasks(spec: CountSpec, recipe: dict) -> list[dict]:
@@ -49,6 +50,10 @@ def run_count(ctx: TaskContext) -> list[str]:
         "restart_count": os.environ.get("SLURM_RESTART_COUNT"),
     }
     write_json_atomic(ctx.out_dir / "result.json", out)
+    if spec.pad_bytes:
+        with atomic_path(ctx.out_dir / "pad.bin") as tmp:  # as real stages write: nothing partial left
+            tmp.write_bytes(b"\0" * spec.pad_bytes)
+        return ["result.json", "pad.bin"]
     return ["result.json"]
 
 

@@ -45,6 +45,10 @@ def atomic_path(final: Path) -> Iterator[Path]:
         yield tmp
         if tmp.exists():
             os.replace(tmp, final)
+    except OSError as exc:
+        if exc.filename is None and exc.strerror:  # a failed write names no file: name the output
+            raise OSError(exc.errno, exc.strerror, str(final)) from None
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -99,11 +103,29 @@ def write_done(path: Path, manifest: Mapping[str, Any]) -> None:
     write_json_atomic(path, dict(manifest))
 
 
+class DamagedDone(ValueError):
+    """A DONE marker that is not a JSON object (edited, or damaged on disk); one line."""
+
+
 def read_done(path: Path) -> dict[str, Any] | None:
+    """A task's DONE manifest; None when absent; :class:`DamagedDone` when it cannot be read."""
     try:
-        return read_json(path)
+        doc = json.loads(Path(path).read_bytes())
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:
+        raise DamagedDone(f"{path}: unreadable DONE marker ({type(exc).__name__})") from None
+    if not isinstance(doc, dict):
+        raise DamagedDone(f"{path}: the DONE marker is not a JSON object")
+    return doc
+
+
+def done_or_damaged(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(manifest, "") or (None, why it is damaged) or (None, "") when absent."""
+    try:
+        return read_done(path), ""
+    except DamagedDone as exc:
+        return None, str(exc)
 
 
 def append_event(path: Path, event: str, **fields: Any) -> None:
@@ -115,15 +137,18 @@ def append_event(path: Path, event: str, **fields: Any) -> None:
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
-    """Events of a task; a torn last line (killed mid-write) is ignored."""
+    """Events of a task; a torn line (killed mid-write) or a damaged one (bytes that are not UTF-8
+    JSON objects) is ignored."""
     try:
-        text = path.read_text()
-    except FileNotFoundError:
+        raw = Path(path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError):
         return []
     events = []
-    for line in text.splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            events.append(json.loads(line))
+    for line in raw.splitlines():
+        with contextlib.suppress(ValueError):
+            event = json.loads(line.decode())
+            if isinstance(event, dict) and isinstance(event.get("event"), str):
+                events.append(event)
     return events
 
 

@@ -3,19 +3,23 @@
 When a task finishes, the runtime records every output file (folders expanded, hidden files skipped)
 with its size and sha256 in the ``DONE`` manifest (``files``). Later:
 
-- a re-submit compares sizes only (cheap) and re-runs a task whose output went missing or changed
-  size (a truncated HDF5 shard is never fed to training);
-- ``mcmdpo verify RUN_DIR`` compares sizes and sha256 of every DONE task.
+- a re-submit re-runs a task whose output went missing, changed size, or changed content: it
+  re-hashes only the files whose size or modification time differ from the stamp of their last check
+  (``.work/verified.json``: size, mtime, sha256 per file), so an intact run costs one ``stat`` per
+  file, and a same-size overwrite inside a shard or ``model.safetensors`` is found and repaired;
+- ``mcmdpo verify RUN_DIR`` hashes every file of every DONE task (and refreshes the stamps).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mcmdpo.batch.artifacts import file_hash
+from mcmdpo.batch.artifacts import file_hash, write_json_atomic
 
 
 def output_files(out_dir: Path, outputs: Iterable[str]) -> list[Path]:
@@ -42,21 +46,56 @@ def describe_outputs(out_dir: Path, outputs: Iterable[str]) -> dict[str, dict[st
     return described
 
 
-def check_outputs(folder: Path, manifest: Mapping[str, Any], hashes: bool = False) -> list[str]:
+STAMPS = Path(".work") / "verified.json"
+"""``{relative path: [size, mtime_ns, sha256]}`` of a task's outputs when last found intact."""
+
+
+def _stamps(folder: Path) -> dict[str, list[Any]]:
+    try:
+        doc = json.loads((Path(folder) / STAMPS).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def write_stamps(folder: Path, manifest: Mapping[str, Any]) -> None:
+    """Stamp the outputs a DONE manifest just recorded (their size, mtime and recorded sha256)."""
+    stamps = {}
+    for rel, recorded in manifest.get("files", {}).items():
+        with contextlib.suppress(OSError):
+            st = (Path(folder) / rel).stat()
+            stamps[rel] = [st.st_size, st.st_mtime_ns, recorded["sha256"]]
+    with contextlib.suppress(OSError):
+        write_json_atomic(Path(folder) / STAMPS, stamps)
+
+
+def check_outputs(folder: Path, manifest: Mapping[str, Any], hashes: bool | str = "changed") -> list[str]:
     """What no longer matches the ``files`` a DONE manifest recorded (empty: intact).
 
-    ``hashes=False`` compares existence and sizes only. Manifests written before sizes were
-    recorded have no ``files`` and pass.
+    ``hashes``: ``False`` existence and sizes only; ``"changed"`` also the content of files whose
+    size or mtime differ from their stamp (or that have none); ``True`` the content of every file.
+    Files found intact are stamped again. Manifests written before sizes were recorded pass.
     """
-    problems = []
+    problems, stamps = [], _stamps(folder)
+    fresh = dict(stamps)
     for rel, recorded in sorted(manifest.get("files", {}).items()):
         path = Path(folder) / rel
-        if not path.exists():
+        try:
+            st = path.stat()
+        except OSError:
             problems.append(f"{path}: missing")
             continue
-        size = path.stat().st_size
-        if size != recorded["size"]:
-            problems.append(f"{path}: size {size} bytes, recorded {recorded['size']}")
-        elif hashes and file_hash(path) != recorded["sha256"]:
+        if st.st_size != recorded["size"]:
+            problems.append(f"{path}: size {st.st_size} bytes, recorded {recorded['size']}")
+            continue
+        stamp = [st.st_size, st.st_mtime_ns, recorded["sha256"]]
+        if hashes is False or (hashes == "changed" and stamps.get(rel) == stamp):
+            continue
+        if file_hash(path) != recorded["sha256"]:
             problems.append(f"{path}: content changed (sha256 differs from the DONE manifest)")
+        else:
+            fresh[rel] = stamp
+    if fresh != stamps:
+        with contextlib.suppress(OSError):
+            write_json_atomic(Path(folder) / STAMPS, fresh)
     return problems

@@ -107,12 +107,17 @@ def submit(
             plan, [_stage_report(plan, s) for s in plan.stages], record["path"], set_aside=aside
         )
         launcher = _LAUNCHERS[plan.executor](plan, recipe, record, observer)
-        for stage, rep in zip(plan.stages, report.stages, strict=True):
-            blocked = launcher.launch(stage, rep)
+        try:
+            for stage, rep in zip(plan.stages, report.stages, strict=True):
+                blocked = launcher.launch(stage, rep)
+                _save_submission(record)
+                if blocked:
+                    report.blocked_by = blocked
+                    break
+        except KeyboardInterrupt:  # a user's stop reaches what this submission queued, on SLURM too
+            launcher.stop()
             _save_submission(record)
-            if blocked:
-                report.blocked_by = blocked
-                break
+            raise
         recovery.drop_replaced(plan)
     return report
 
@@ -186,6 +191,9 @@ class _Launcher:
         """Submit the stage's pending tasks; return a reason to stop submitting later stages, or ''."""
         raise NotImplementedError
 
+    def stop(self) -> None:
+        """Ctrl-C during the submission: what it started is stopped (local stages stop their own)."""
+
 
 class _SlurmLauncher(_Launcher):
     """One array per stage; ``afterok`` on the arrays of the stages it consumes."""
@@ -245,6 +253,15 @@ class _SlurmLauncher(_Launcher):
             f"{stage.name}: {report.submitted} submitted (array {array}), {len(live)} in the queue"
         )
         return ""
+
+    def stop(self) -> None:
+        jobs = sorted({j.split("_")[0] for ids in self.stage_jobs.values() for j in ids} - self._adopted())
+        if jobs:
+            scheduler.scancel(jobs)
+            self.observer.message(f"scancel {' '.join(jobs)} (queued by this submission)")
+
+    def _adopted(self) -> set[str]:
+        return {j.split("_")[0] for j in self.previous.values()}
 
 
 class _LocalLauncher(_Launcher):
@@ -333,13 +350,23 @@ class _LocalStage:
         return bool(ended)
 
     def cancel(self) -> None:
-        """Ctrl-C: stop the tasks this submission started (adopted ones are left running)."""
+        """A user's stop (Ctrl-C, ``mcmdpo cancel``): kill the process tree of every task this
+        submission runs, started or adopted (their SIGINT is ignored, so submitit's own cancel, a
+        SIGINT, would not reach them), and record ``cancelled``. Outputs are atomic: nothing partial
+        is left visible, and the next submit resumes."""
         for task, job in self.running.values():
-            if not isinstance(job, int):
-                job.cancel(check=False)
+            pid = job if isinstance(job, int) else _job_pid(job)
+            if pid and scheduler.kill_tree(scheduler.job_root(pid) if isinstance(job, int) else pid):
                 append_event(
                     self.plan.paths.events(task.stage, task.task_id), "cancelled", host=socket.gethostname()
                 )
+        self.running.clear()
+
+
+def _job_pid(job: Any) -> int:
+    """The controller pid of a submitted local job (0 for the in-process debug executor)."""
+    process = getattr(job, "_process", None)
+    return int(process.pid) if process is not None else 0
 
 
 @contextlib.contextmanager
@@ -394,19 +421,19 @@ def _job_error(job: Any, plan: Plan, task: PlannedTask) -> str:
 
 
 def cancel(run_dir: Path) -> list[str]:
-    """Stop a run: scancel its live SLURM jobs, or signal its local tasks and its submitting process."""
+    """Stop a run: scancel every live SLURM job any submission of it queued, or (local) interrupt its
+    submitting process and kill the process tree of every task still running."""
     from mcmdpo.batch.plan import load_plan
-    from mcmdpo.batch.status import run_status
 
     plan = load_plan(Path(run_dir))
-    status = run_status(plan.run_dir)
-    alive = [t for s in status["stages"] for t in s["task_status"] if t["state"] in ("running", "pending")]
     if plan.executor == "slurm":
-        jobs = sorted({t["job_id"] for t in alive if t["job_id"]})
+        recorded = set(previous_jobs(plan.run_dir).values())
+        states = scheduler.slurm_states(recorded)
+        jobs = sorted({j.split("_")[0] for j, s in states.items() if scheduler.is_alive(s)})
         if jobs:
             scheduler.scancel(jobs)
         return [f"scancel {j}" for j in jobs]
-    return recovery.stop_local(plan, alive)
+    return recovery.stop_local(plan)
 
 
 _LAUNCHERS: dict[str, type[_Launcher]] = {

@@ -1,10 +1,12 @@
 """One submission at a time per run dir: ``<run>/submit.lock`` holds the submitting process's pid,
-host and start time.
+host and process start time.
 
 A second ``mcmdpo submit`` of the same run while the holder is alive stops with one line (exit 3),
-or waits for it (``--wait``). A lock whose holder died (a pid on this host that no longer runs) is
-taken over with a warning. A holder on another host cannot be checked from here: it counts as alive
-until its lock file is removed.
+or waits for it (``--wait``). The holder is judged by all three: a lock whose pid no longer runs on
+this host, or runs a different process (a reused pid: another start time), is taken over with a
+warning. A holder on another host cannot be checked from here: it counts as alive until its lock file
+is removed. The lock is written whole or not at all (a temporary file, then a hard link), so an
+unreadable lock file is never a live submission's: it is taken over too.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mcmdpo.batch.errors import StateError
-from mcmdpo.batch.scheduler import pid_alive
+from mcmdpo.batch.scheduler import process_start, same_process
 
 LOCK = "submit.lock"
 
@@ -35,16 +37,17 @@ def holder_alive(holder: dict[str, Any]) -> bool:
     """Whether the process that wrote a lock still runs (other hosts: assumed to)."""
     if holder.get("host") != socket.gethostname():
         return True
-    return pid_alive(int(holder.get("pid", 0)))
+    return same_process(int(holder.get("pid") or 0), holder.get("start"))
 
 
 def read_lock(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        return {}  # being written right now, or torn: treated as held until it is old
+        return {}  # unreadable: never a live submission's (locks are written whole)
+    return doc if isinstance(doc, dict) else {}
 
 
 def _describe(holder: dict[str, Any]) -> str:
@@ -52,23 +55,35 @@ def _describe(holder: dict[str, Any]) -> str:
     return f"pid {holder.get('pid')} on {holder.get('host')} since {started}"
 
 
-def _stale(path: Path, holder: dict[str, Any]) -> bool:
-    """A dead holder, or a lock that stayed unreadable (torn) for more than 30 s."""
-    if holder:
-        return not holder_alive(holder)
-    with contextlib.suppress(FileNotFoundError):
-        return time.time() - path.stat().st_mtime > 30
-    return False
+def _stale(holder: dict[str, Any]) -> bool:
+    """A holder that has ended (or a lock without one: unreadable or not ours)."""
+    return "pid" not in holder or not holder_alive(holder)
 
 
 def _try_create(path: Path) -> bool:
+    """Create the lock whole: written to a temporary file, then hard-linked under its name (which
+    fails when a lock exists). A full disk raises a one-line :class:`StateError` and leaves nothing."""
+    mine = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "start": process_start(os.getpid()),
+        "time": time.time(),
+        "argv": sys.argv,
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        with open(tmp, "w") as f:
+            json.dump(mine, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
     except FileExistsError:
         return False
-    mine = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(), "argv": sys.argv}
-    with os.fdopen(fd, "w") as f:
-        json.dump(mine, f)
+    except OSError as exc:
+        raise StateError(f"cannot write the submit lock {path}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     return True
 
 
@@ -81,8 +96,9 @@ def acquire(run_dir: Path, wait: bool = False, warn: Callable[[str], None] = pri
         holder = read_lock(path)
         if holder is None:
             continue
-        if _stale(path, holder):
-            warn(f"taking over the submit lock of {run_dir}: its holder ({_describe(holder)}) has ended")
+        if _stale(holder):
+            who = _describe(holder) if holder else "unreadable lock file"
+            warn(f"taking over the submit lock of {run_dir}: its holder ({who}) has ended")
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             continue

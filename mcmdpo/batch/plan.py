@@ -17,12 +17,12 @@ instances.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from mcmdpo.batch.artifacts import content_hash, read_json
-from mcmdpo.batch.errors import ConfigError, MissingInput
+from mcmdpo.batch.errors import ConfigError, MissingInput, StateError
 from mcmdpo.batch.paths import RunPaths
 from mcmdpo.batch.recipe import Recipe, profiles
 from mcmdpo.batch.recipe.schema import ResourceSpec
@@ -115,12 +115,22 @@ class Plan:
 
 
 def load_plan(run_dir: Path) -> Plan:
+    """The plan of the run in ``run_dir``, with its paths under ``run_dir`` as given: a run dir that
+    was moved or copied is read where it is now, never at the path recorded in ``plan.json``."""
     path = RunPaths(Path(run_dir)).plan
     if not path.is_file():
         raise MissingInput(
             f"no plan here; is {run_dir} a run directory (made by `mcmdpo submit`)?", file=path
         )
-    return Plan.from_json(read_json(path))
+    try:
+        plan = Plan.from_json(read_json(path))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StateError(
+            f"not a plan written by mcmdpo ({type(exc).__name__}: {str(exc)[:80]}); is {run_dir} a run "
+            "directory of another tool?",
+            file=path,
+        ) from None
+    return replace(plan, run_dir=Path(run_dir).absolute())
 
 
 def order_stages(registry: Mapping[str, Stage], present: Sequence[str]) -> list[str]:

@@ -4,9 +4,10 @@
   that reads them (directly or further down), are moved to ``<stage>/.aside/<task>.rerun.<n>/`` and
   run again; the old outputs stay there until the new task is DONE (then they are removed by the
   submission, or by ``mcmdpo clean``).
-- Every re-submit compares the sizes recorded in each DONE manifest with the files (cheap): a task
-  whose output went missing or changed size is set aside (``.damaged.<n>``) and run again instead of
-  feeding a truncated file to the next stage.
+- Every re-submit checks each DONE task's outputs against its manifest (sizes, and the sha256 of
+  files changed since their last check: :mod:`mcmdpo.batch.integrity`): a task whose output went
+  missing or changed, or whose DONE cannot be read, is set aside (``.damaged.<n>``) and run again
+  instead of feeding a damaged file to the next stage.
 - ``mcmdpo verify RUN_DIR``: sizes and sha256 of every DONE task's outputs.
 - ``mcmdpo clean RUN_DIR``: what no plan of the run refers to (dry by default).
 - ``mcmdpo cancel RUN_DIR`` (local runs): the submitting process and the tasks it started.
@@ -18,17 +19,21 @@ import os
 import shutil
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mcmdpo.batch import scheduler
-from mcmdpo.batch.artifacts import append_event, read_done, read_events, read_json
-from mcmdpo.batch.errors import ConfigError
+from mcmdpo.batch.artifacts import append_event, done_or_damaged, read_events, read_json
+from mcmdpo.batch.errors import ConfigError, StateError
 from mcmdpo.batch.integrity import check_outputs
 from mcmdpo.batch.lock import LOCK, holder_alive, read_lock
 from mcmdpo.batch.paths import RunPaths
 from mcmdpo.batch.plan import Plan, PlannedTask, load_plan
+from mcmdpo.batch.stage import get_stage, registered
+from mcmdpo.batch.status import previous_jobs
 
 
 def rerun_tasks(plan: Plan, stages: Iterable[str]) -> list[PlannedTask]:
@@ -65,7 +70,11 @@ def prepare_resubmit(plan: Plan, rerun: Sequence[str], warn: Callable[[str], Non
     targets = {t.task_id for t in rerun_tasks(plan, rerun)} if rerun else set()
     for stage in plan.stages:
         for task in stage.tasks:
-            manifest = read_done(paths.done(task.stage, task.task_id))
+            manifest, damaged = done_or_damaged(paths.done(task.stage, task.task_id))
+            if damaged:
+                target = set_aside(paths, task, "damaged")
+                moved.append(f"{task.stage}/{task.task_id}: {damaged}; re-running it (old: {target})")
+                continue
             if manifest is None:
                 continue
             if task.task_id in targets:
@@ -73,6 +82,7 @@ def prepare_resubmit(plan: Plan, rerun: Sequence[str], warn: Callable[[str], Non
                     f"{task.stage}/{task.task_id}: re-run (old outputs: {set_aside(paths, task, 'rerun')})"
                 )
                 continue
+            _refuse_stale(plan, task, manifest, targets)
             problems = check_outputs(paths.task_dir(task.stage, task.task_id), manifest)
             if problems:
                 target = set_aside(paths, task, "damaged")
@@ -82,6 +92,15 @@ def prepare_resubmit(plan: Plan, rerun: Sequence[str], warn: Callable[[str], Non
     for line in moved:
         warn(line)
     return moved
+
+
+def _refuse_stale(plan: Plan, task: PlannedTask, manifest: dict[str, Any], rerun: set[str]) -> None:
+    """A finished task whose sources changed since it ran stops the submit (one line, exit 2)."""
+    stale = get_stage(task.stage).stale if task.stage in registered() else None
+    if stale is not None and task.task_id not in rerun:
+        message = stale(plan.paths.task_dir(task.stage, task.task_id), manifest)
+        if message:
+            raise StateError(f"{task.stage}/{task.task_id}: {message}")
 
 
 def drop_replaced(plan: Plan) -> None:
@@ -99,14 +118,15 @@ def drop_replaced(plan: Plan) -> None:
 def live_local_pid(paths: RunPaths, task: PlannedTask, job_id: str = "") -> int | None:
     """The pid of a local job still running this task (started by an earlier submission), or None.
 
-    The task's last ``start`` event names its process; a job started so recently that it has not
-    written one yet is found through its controller (``job_id``, the local job's pid).
+    The task's last ``start`` event names its process (pid and start time: a reused pid does not
+    count); a job started so recently that it has not written one yet is found through its
+    controller (``job_id``, the local job's pid).
     """
     events = read_events(paths.events(task.stage, task.task_id))
     last = events[-1] if events else {}
     if last.get("event") == "start" and last.get("host") == socket.gethostname():
-        pid = int(last.get("pid", 0))
-        if pid > 0 and scheduler.pid_alive(pid) and scheduler.is_job_process(pid):
+        pid = int(last.get("pid") or 0)
+        if scheduler.same_process(pid, last.get("start")) and scheduler.is_job_process(pid):
             return pid
     controller = int(job_id) if job_id.isdigit() else 0
     if controller and scheduler.pid_alive(controller) and scheduler.is_job_process(controller):
@@ -114,20 +134,29 @@ def live_local_pid(paths: RunPaths, task: PlannedTask, job_id: str = "") -> int 
     return None
 
 
-def stop_local(plan: Plan, alive: Sequence[dict[str, Any]]) -> list[str]:
-    """Interrupt the submitting process (it cancels what it started) and every live local task."""
+def stop_local(plan: Plan, wait_s: float = 15.0) -> list[str]:
+    """A user's stop of a local run: interrupt the submitting process (it kills the jobs it started or
+    adopted), then kill the process tree of every task still running (its controller, every rank,
+    their workers) and record ``cancelled``. Nothing is left running; what finished stays DONE."""
     done = []
     holder = read_lock(plan.run_dir / LOCK) or {}
-    if holder and holder.get("host") == socket.gethostname() and holder_alive(holder):
+    if holder.get("host") == socket.gethostname() and holder_alive(holder):
         os.kill(int(holder["pid"]), signal.SIGINT)
         done.append(f"interrupted the submission (pid {holder['pid']})")
-    for row in alive:
-        task = PlannedTask(row["stage"], row["task_id"], "", row["index"], row["params"])
-        pid = live_local_pid(plan.paths, task)
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            append_event(plan.paths.events(task.stage, task.task_id), "cancelled", host=socket.gethostname())
-            done.append(f"stopped {task.stage}/{task.task_id} (pid {pid})")
+        deadline = time.time() + wait_s
+        while time.time() < deadline and holder_alive(holder):
+            time.sleep(0.1)
+    jobs = previous_jobs(plan.run_dir)
+    for stage in plan.stages:
+        for task in stage.tasks:
+            if plan.paths.done(task.stage, task.task_id).exists():
+                continue
+            pid = live_local_pid(plan.paths, task, jobs.get(task.task_id, ""))
+            if pid is not None and scheduler.kill_tree(scheduler.job_root(pid)):
+                append_event(
+                    plan.paths.events(task.stage, task.task_id), "cancelled", host=socket.gethostname()
+                )
+                done.append(f"stopped {task.stage}/{task.task_id} (pid {pid})")
     return done
 
 
@@ -137,7 +166,11 @@ def verify_run(run_dir: Path) -> tuple[int, list[str]]:
     checked, problems = 0, []
     for stage in plan.stages:
         for task in stage.tasks:
-            manifest = read_done(plan.paths.done(task.stage, task.task_id))
+            manifest, damaged = done_or_damaged(plan.paths.done(task.stage, task.task_id))
+            if damaged:
+                checked += 1
+                problems.append(damaged)
+                continue
             if manifest is None:
                 continue
             checked += 1
@@ -152,7 +185,7 @@ def clean_run(run_dir: Path, delete: bool = False, latest_only: bool = False) ->
     set-aside folders; deleted with ``delete``, else only listed."""
     paths = RunPaths(Path(run_dir).absolute())
     plan = load_plan(paths.run_dir)
-    plans = [plan] if latest_only else [plan, *_recorded_plans(paths)]
+    plans = [plan, *_main_plan(paths)] if latest_only else [plan, *_recorded_plans(paths)]
     keep = {(s.name, t.task_id) for p in plans for s in p.stages for t in s.tasks}
     stages = {s.name for p in plans for s in p.stages}
     found = []
@@ -170,11 +203,25 @@ def clean_run(run_dir: Path, delete: bool = False, latest_only: bool = False) ->
     return found
 
 
+def _main_plan(paths: RunPaths) -> list[Plan]:
+    """The plan of the newest submission without ``--set`` overrides (the recipe's own run), which
+    ``clean --latest`` keeps too: an experiment submitted last does not make the main run's work
+    look unused."""
+    for record in sorted(paths.submissions.glob("[0-9]*.json"), reverse=True):
+        try:
+            if read_json(record).get("overrides"):
+                continue
+            return [replace(Plan.from_json(read_json(paths.plans / record.name)), run_dir=paths.run_dir)]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return []
+
+
 def _recorded_plans(paths: RunPaths) -> list[Plan]:
     out = []
     for path in sorted(paths.plans.glob("[0-9]*.json")):
         try:
-            out.append(Plan.from_json(read_json(path)))
+            out.append(replace(Plan.from_json(read_json(path)), run_dir=paths.run_dir))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return out

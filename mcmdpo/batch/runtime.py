@@ -25,8 +25,17 @@ from typing import Any
 import submitit
 
 from mcmdpo.batch import toolkit_path, toolkit_version
-from mcmdpo.batch.artifacts import append_event, package_versions, read_done, read_events, write_done
+from mcmdpo.batch.artifacts import (
+    append_event,
+    done_or_damaged,
+    package_versions,
+    read_done,
+    read_events,
+    write_done,
+)
+from mcmdpo.batch.integrity import write_stamps
 from mcmdpo.batch.paths import RunPaths
+from mcmdpo.batch.scheduler import process_start
 from mcmdpo.batch.stage import (
     STOP,
     Interrupted,
@@ -63,7 +72,7 @@ class TaskRunner(submitit.helpers.Checkpointable):
 
     def __call__(self, payload: TaskPayload) -> dict[str, Any]:
         paths = RunPaths(Path(payload.run_dir))
-        done = read_done(paths.done(payload.stage, payload.task_id))
+        done, _ = done_or_damaged(paths.done(payload.stage, payload.task_id))  # damaged: run again
         if done is not None:
             return done
         env = _job_env()
@@ -95,6 +104,7 @@ class TaskRunner(submitit.helpers.Checkpointable):
             return {"rank": env["rank"], "status": "done"}
         manifest = _manifest(payload, ctx, outputs, started, events, env)
         write_done(paths.done(payload.stage, payload.task_id), manifest)
+        write_stamps(paths.task_dir(payload.stage, payload.task_id), manifest)
         append_event(events, "done", duration_s=manifest["duration_s"], **env)
         return manifest
 
@@ -120,6 +130,7 @@ def _job_env() -> dict[str, Any]:
             "restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "start": process_start(os.getpid()),
             "log": str(env.paths.stderr).replace("%t", str(env.global_rank)),
         }
     except (RuntimeError, KeyError):  # not inside a submitit job (debug executor, direct call)
@@ -131,6 +142,7 @@ def _job_env() -> dict[str, Any]:
             "restarts": 0,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "start": process_start(os.getpid()),
             "log": "",
         }
 
@@ -217,5 +229,7 @@ def _setup_logging(payload: TaskPayload, rank: int) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:  # e.g. "No space left on device: <file>"
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     text = f"{type(exc).__name__}: {exc}"
     return text.splitlines()[0][:500] if text else type(exc).__name__

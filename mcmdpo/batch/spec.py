@@ -22,6 +22,18 @@ class Spec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def environment_problems(self) -> list[tuple[str, str]]:
+        """``(dotted field, message)`` for what the submitting environment lacks (an API key
+        variable, ...): checked when a recipe is validated, never when a stored spec is read back.
+        The default asks every sub-spec; a spec that needs something overrides and extends it."""
+        found = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            for item in value if isinstance(value, tuple | list) else [value]:
+                if isinstance(item, Spec):
+                    found += [(f"{name}.{key}", why) for key, why in item.environment_problems()]
+        return found
+
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

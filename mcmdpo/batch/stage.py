@@ -70,6 +70,9 @@ class Stage:
              (default: all of them). A stage whose inputs depend on its settings declares them here
              (``[sft] data = "files"`` reads ``sft_data``, not ``precompute``), so that sweep points
              over stages it does not read share its instance.
+    stale:   ``stale(task_dir, manifest) -> message | None``: whether a finished task's sources
+             changed since it ran (a data file edited in place); a re-submit stops with the
+             message, one line, before anything is queued.
     """
 
     name: str
@@ -87,6 +90,7 @@ class Stage:
     gather: bool = False
     resolve: Callable[[Any, Mapping[str, Any]], Any] | None = None
     uses: Callable[[Any, Mapping[str, Any]], Sequence[str]] | None = None
+    stale: Callable[[Path, Mapping[str, Any]], str | None] | None = None
 
     def used(self, spec: Any, doc: Mapping[str, Any]) -> tuple[str, ...]:
         """The stages of ``after`` read by this configuration (present in ``doc`` or not)."""
@@ -137,6 +141,11 @@ def load_plugins(modules: Sequence[str] = ()) -> dict[str, Stage]:
     for name in (*builtin_modules(), *modules):
         importlib.import_module(name)
     return dict(_REGISTRY)
+
+
+def registered() -> tuple[str, ...]:
+    """The names of the stages registered so far."""
+    return tuple(_REGISTRY)
 
 
 def get_stage(name: str) -> Stage:

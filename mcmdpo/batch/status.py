@@ -11,11 +11,13 @@ import json
 import socket
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mcmdpo.batch import scheduler
-from mcmdpo.batch.artifacts import read_done, read_events, read_json
+from mcmdpo.batch.artifacts import done_or_damaged, read_events, read_json
+from mcmdpo.batch.errors import MissingInput
 from mcmdpo.batch.plan import Plan, PlannedTask, load_plan
 from mcmdpo.batch.stage import PROGRESS
 
@@ -91,7 +93,10 @@ def task_status(plan: Plan, task: PlannedTask, job_id: str, slurm: dict[str, str
         "job_id": job_id,
         "requeues": max(0, len(starts) - 1),
     }
-    done = read_done(folder / "DONE")
+    done, damaged = done_or_damaged(folder / "DONE")
+    if damaged:
+        out.update(state="failed", error=f"{damaged}; re-submit to run it again", log="")
+        return out
     if done is not None:
         out.update(state="done", outputs=[str(folder / o) for o in done.get("outputs", [])])
         out["summary"] = done.get("summary", {})
@@ -142,7 +147,7 @@ def earlier_tasks(plan: Plan, jobs: dict[str, str], slurm: dict[str, str]) -> li
     seen: dict[str, dict[str, Any]] = {}
     for path in sorted(plan.paths.plans.glob("[0-9]*.json"), reverse=True):
         try:
-            old = Plan.from_json(read_json(path))
+            old = replace(Plan.from_json(read_json(path)), run_dir=plan.run_dir)
         except (OSError, ValueError, KeyError, TypeError):
             continue
         for stage in old.stages:
@@ -155,6 +160,8 @@ def earlier_tasks(plan: Plan, jobs: dict[str, str], slurm: dict[str, str]) -> li
 
 def list_runs(root: Path) -> list[dict[str, Any]]:
     """Every run dir below ``root`` (a folder with a plan.json, up to three levels down) and its state."""
+    if not Path(root).is_dir():
+        raise MissingInput(f"no such folder: {root} (run dirs are made by `mcmdpo submit`)", file=root)
     runs = []
     for plan_file in sorted(
         p for depth in ("*", "*/*", "*/*/*") for p in Path(root).glob(f"{depth}/plan.json")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcmdpo.batch.artifacts import content_hash, read_done, read_json
+from mcmdpo.batch.artifacts import content_hash, done_or_damaged, read_json
 from mcmdpo.curate.outputs import FUNNEL, Funnel, read_funnel
 from mcmdpo.method.model.folders import MODEL_STAGES
 
@@ -196,7 +196,7 @@ def _metrics_files(run_dir: Path, plan: Mapping[str, Any], only: set[str] | None
         for task in inst["tasks"]:
             if only is not None and task["task_id"] not in only:
                 continue
-            done = read_done(run_dir / SCORE_STAGE / task["task_id"] / "DONE")
+            done, _ = done_or_damaged(run_dir / SCORE_STAGE / task["task_id"] / "DONE")
             for rel in (done or {}).get("outputs", []):
                 if rel.startswith("metrics/") and rel.endswith(".json"):
                     out.append(_metrics_file(run_dir, plan, inst, task["task_id"], rel))
@@ -250,7 +250,7 @@ def finished_tasks(
                 continue
             for task in inst["tasks"]:
                 folder = run_dir / planned["name"] / task["task_id"]
-                done = read_done(folder / "DONE")
+                done, _ = done_or_damaged(folder / "DONE")  # damaged: not finished
                 if done is not None:
                     yield planned, inst, folder, done
 

@@ -248,18 +248,40 @@ def training_figure(log: TrainingLog, path: Path) -> Path:
 def _term_panels(
     axes: Sequence[Axes], steps: list[Any], records: Sequence[Mapping[str, Any]], terms: list[str]
 ) -> None:
+    """Margins and accuracies per term; terms whose curves coincide are drawn once, labelled together
+    (``vrpo = crpo``), so no curve hides another without saying so. Both panels have a legend."""
     colors = dict(zip(terms, _colors(len(terms)), strict=True))
     colors["rewards"] = "black"
-    for name in terms:
-        label = "rewards (beta x rpo)" if name == "rewards" else name  # the trainer's beta-scaled rewards
-        style = {"color": colors[name], "linestyle": TERM_STYLES.get(name, "-"), "label": label}
-        axes[0].plot(steps, ema([float(r.get(f"{name}/margin", math.nan)) for r in records]), **style)
-        axes[1].plot(steps, ema([float(r.get(f"{name}/accuracy", math.nan)) for r in records]), **style)
+    for panel, key in ((axes[0], "margin"), (axes[1], "accuracy")):
+        series = {n: ema([float(r.get(f"{n}/{key}", math.nan)) for r in records]) for n in terms}
+        for group in _coinciding(series, terms):
+            name = group[0]
+            label = " = ".join("rewards (beta x rpo)" if n == "rewards" else n for n in group)
+            style = {"color": colors[name], "linestyle": TERM_STYLES.get(name, "-"), "label": label}
+            panel.plot(steps, series[name], **style)
+        panel.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), title="term", fontsize="small")
     axes[0].axhline(0, color="0.4", linewidth=0.6)
     _axes(axes[0], "reward margin per term", "margin h_w - h_l (nats)")
     _axes(axes[1], "reward accuracy per term", "share with margin > 0")
     axes[1].set_ylim(-0.03, 1.03)
-    axes[1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), title="term", fontsize="small")
+
+
+def _coinciding(series: Mapping[str, Sequence[float]], order: Sequence[str]) -> list[list[str]]:
+    """``order`` grouped by equal curves (NaN equal to NaN), first occurrence first."""
+    groups: list[list[str]] = []
+    for name in order:
+        same = next((g for g in groups if _equal(series[g[0]], series[name])), None)
+        if same is None:
+            groups.append([name])
+        else:
+            same.append(name)
+    return groups
+
+
+def _equal(a: Sequence[float], b: Sequence[float]) -> bool:
+    if len(a) != len(b):
+        return False
+    return all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a, b, strict=True))
 
 
 def _axes(ax: Axes, title: str, ylabel: str) -> None:

@@ -335,7 +335,9 @@ def render_rich(table: ResultTable, title: str = "results") -> Table:
     out.add_column("model", no_wrap=True)
     for g in table.groups:
         for c in g.columns:
-            out.add_column(f"{g.title}\n{c.header}", justify="right")
+            header = f"{g.title}\n{c.header}"
+            words = max(len(w) for w in header.split())  # never cut a word ("ROUG…"): wrap between words
+            out.add_column(header, justify="right", min_width=words, overflow="fold")
     for row in table.rows:
         cells = [_cell_text(row, c, ("[bold]", "[/bold]")) for c in table.columns]
         out.add_row(row.label if row.kind == "result" else f"[italic]{row.label}[/italic]", *cells)

@@ -15,6 +15,7 @@ as test, with its ``images/``). Relative recipe paths start at the directory ``m
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -89,8 +90,33 @@ def run_data(ctx: TaskContext) -> list[str]:
     return outputs
 
 
+def data_tasks(spec: DataSpec, doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One task; ``files`` are checked record by record right now, at validation (before queueing)."""
+    if spec.source == "files":
+        from mcmdpo.method.data import manifest as data_manifest
+
+        data_manifest.check_files(spec, data_manifest.bad_record_policy(doc))
+    return [{}]
+
+
+def data_stale(task_dir: Path, manifest: Mapping[str, Any]) -> str | None:
+    from mcmdpo.method.data.manifest import changed_split
+
+    return changed_split(task_dir, MANIFEST)
+
+
 def data_uses(spec: DataSpec, doc: Mapping[str, Any]) -> tuple[str, ...]:
     return ("curate_split",) if spec.source == "curate" else ()
 
 
-STAGE = register(Stage(name="data", spec=DataSpec, run=run_data, after=("curate_split",), uses=data_uses))
+STAGE = register(
+    Stage(
+        name="data",
+        spec=DataSpec,
+        run=run_data,
+        after=("curate_split",),
+        uses=data_uses,
+        tasks=data_tasks,
+        stale=data_stale,
+    )
+)

@@ -74,6 +74,10 @@ class _Source:
         return Problem(self.path, line_of(self.lines, key), key, message)
 
 
+FRAMEWORK_SECTIONS = ("run", "cluster", "sweep")
+"""Sections every recipe has (defaults); any other top-level section is a stage."""
+
+
 def load_recipe(
     path: Path | str,
     overrides: Sequence[str] = (),
@@ -90,6 +94,9 @@ def load_recipe(
     problems: list[Problem] = []
     for text in overrides:
         parts, value = parse_override(text)
+        if parts[0] not in doc and parts[0] not in FRAMEWORK_SECTIONS:
+            why = f"the recipe has no [{parts[0]}] section; --set changes a recipe, it adds no stage"
+            raise RecipeError([Problem(f"--set {text}", None, parts[0], why)])
         set_dotted(doc, parts, value, f"--set {text}")
         source.overridden[".".join(parts)] = f"--set {text}"
     if transform is not None:
@@ -124,6 +131,10 @@ def _check_tasks(
     for variant in variants:
         source.swept = {key: f"sweep.{key}" for key in variant.point}
         for name, spec in variant.stages.items():
+            for key, why in spec.environment_problems():
+                problem = source.problem(f"{name}.{key}", why)
+                if problem not in problems:  # once, not once per sweep point
+                    problems.append(problem)
             try:
                 registry[name].tasks(spec, variant.doc)
             except McmdpoError as exc:

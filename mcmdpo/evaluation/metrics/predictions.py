@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mcmdpo.batch.artifacts import atomic_path
-from mcmdpo.batch.errors import InputError
+from mcmdpo.batch.errors import InputError, MissingInput
 from mcmdpo.batch.resumable import dump_line
 
 PREDICTIONS = "predictions.jsonl"
@@ -43,29 +43,44 @@ def id_key(item_id: Any) -> str:
 
 
 def read_predictions(path: Path, required: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """All records of a finished predictions file (JSONL); any malformed line is an error.
-
-    ``required`` names fields every record must carry (e.g. ``("response", "chosen")``).
-    """
+    """All records of a finished predictions file (JSONL); any malformed line, any record without
+    ``required`` fields (e.g. ``("response", "chosen")``) and any repeated ``id`` is an error naming
+    the file and line: a record is never scored twice."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such predictions file")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
+        raise MissingInput("no such predictions file", file=path)
+    records, seen = [], {}
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PredictionError(f"{path}:{number}: malformed JSON line ({exc})") from None
-            if not isinstance(record, dict):
-                raise PredictionError(f"{path}:{number}: expected a JSON object")
-            missing = [k for k in required if k not in record]
-            if missing:
-                raise PredictionError(f"{path}:{number}: missing field(s) {', '.join(missing)}")
+            record = _record(path, number, raw, required)
+            if "id" in record:
+                key = id_key(record["id"])
+                if key in seen:
+                    raise PredictionError(
+                        f"id {record['id']!r} repeats the record of line {seen[key]}", file=path, line=number
+                    )
+                seen[key] = number
             records.append(record)
     return records
+
+
+def _record(path: Path, number: int, raw: bytes, required: Sequence[str]) -> dict[str, Any]:
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PredictionError(
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x})", file=path, line=number
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise PredictionError(f"malformed JSON line ({exc.msg})", file=path, line=number) from None
+    if not isinstance(record, dict):
+        raise PredictionError("expected a JSON object", file=path, line=number)
+    missing = [k for k in required if k not in record]
+    if missing:
+        raise PredictionError(f"missing field(s) {', '.join(missing)}", file=path, line=number)
+    return record
 
 
 def write_predictions(path: Path, records: Iterable[Mapping[str, Any]]) -> int:

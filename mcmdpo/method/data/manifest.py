@@ -7,6 +7,8 @@ trained.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,19 +38,38 @@ def demo_manifest(spec: Any, folder: Path, rel: str) -> dict[str, Any]:
     return {"source": "demo", "splits": splits}
 
 
-def files_manifest(spec: Any, policy: str) -> dict[str, Any]:
-    """Check every split fully (syntax, fields, ids, image paths) before anything is trained."""
-    splits = {}
+def check_files(spec: Any, policy: str) -> dict[str, list[Any]]:
+    """Every split's bad records (syntax, fields, ids, image paths, image headers); with ``policy``
+    fail, the first ones as one :class:`InputError`. The data stage calls this when the recipe is
+    validated, so a bad file fails the submit before anything is queued (and again in its task)."""
+    found = {}
     for split in ("train", "test"):
         name, images = getattr(spec, f"{split}_file"), getattr(spec, f"{split}_images")
         if not name:
             continue
         file, root = Path(name).absolute(), Path(images).absolute()
-        bad = check_split(file, root, split)
+        st = file.stat()
+        bad = _checked(str(file), str(root), split, st.st_size, st.st_mtime_ns)
         if bad and policy == "fail":
             shown = "; ".join(str(b) for b in bad[:3])
             more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
             raise InputError(f"{len(bad)} bad record(s): {shown}{more}", field=f"data.{split}_file")
+        found[split] = bad
+    return found
+
+
+@functools.lru_cache(maxsize=16)
+def _checked(file: str, root: str, split: str, size: int, mtime_ns: int) -> list[Any]:
+    """:func:`check_split` once per file version and process (a sweep validates every point)."""
+    return check_split(Path(file), Path(root), split)  # type: ignore[arg-type]
+
+
+def files_manifest(spec: Any, policy: str) -> dict[str, Any]:
+    """Check every split fully (syntax, fields, ids, image paths) before anything is trained."""
+    splits = {}
+    for split, bad in check_files(spec, policy).items():
+        name, images = getattr(spec, f"{split}_file"), getattr(spec, f"{split}_images")
+        file, root = Path(name).absolute(), Path(images).absolute()
         splits[split] = {
             "file": str(file),
             "images": str(root),
@@ -84,3 +105,31 @@ def describe(file: Path, num_records: int) -> dict[str, Any]:
         "sha256": file_hash(file),
         "size": size,
     }
+
+
+def changed_split(task_dir: Path, manifest_name: str) -> str | None:
+    """A ``files`` split edited since the data task recorded it (size, or the sha256 of a file
+    modified after the record was written), as one message; None when every split is as recorded.
+    Cheap on an unchanged run: one ``stat`` per split file."""
+    record = Path(task_dir) / manifest_name
+    try:
+        doc, written = json.loads(record.read_bytes()), record.stat().st_mtime_ns
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("source") != "files":
+        return None
+    for split, info in doc.get("splits", {}).items():
+        file = Path(info["file"])
+        try:
+            st = file.stat()
+        except OSError:
+            return f"{file}: gone since the data stage recorded it ({split} split)"
+        change = f"{info['size']} -> {st.st_size} bytes" if st.st_size != info["size"] else ""
+        if not change and st.st_mtime_ns > written and file_hash(file) != info["sha256"]:
+            change = "same size, different sha256"
+        if change:
+            return (
+                f"{file}: changed since the data stage recorded it ({change}); to use the new version: "
+                "mcmdpo submit <recipe> --rerun data (or restore the file)"
+            )
+    return None

@@ -350,7 +350,8 @@ def check_context_pool(usable: Sequence[bool]) -> None:
 
 def check_split(file: Path, images: Path, split: Split, fmt: str | None = None) -> list[BadRecord]:
     """Every bad record of a split, found without decoding images: malformed JSON, missing or
-    empty fields, duplicate ids, unsafe image paths, image files that do not exist."""
+    empty fields, duplicate ids, unsafe image paths, image files that do not exist or do not start
+    like an image."""
     file, real_root = Path(file), Path(os.path.realpath(images))
     bad = []
     for record in load_records(file, split, fmt):
@@ -367,7 +368,22 @@ def _image_problem(record: Record, root: Path, real_root: Path) -> tuple[str, st
         path = resolve_image(root, record.image or "", real_root)
     except UnsafePath as exc:
         return ("unsafe_path", str(exc))
-    return None if path.is_file() else ("missing_image", f"no file {path}")
+    if not path.is_file():
+        return ("missing_image", f"no file {path}")
+    if _looks_like_image(path):
+        return None
+    return ("unreadable_image", f"{path} is not an image Pillow can open")
+
+
+def _looks_like_image(path: Path) -> bool:
+    """Pillow recognises the file's header (nothing is decoded: precompute decodes later)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
 
 
 def read_error(path: Path, exc: Exception) -> InputError:
