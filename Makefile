@@ -18,7 +18,7 @@ test: setup
 	  MCMDPO_REQUIRE_SLURM=1 MCMDPO_REQUIRE_ASSETS=1 MCMDPO_REQUIRE_BROWSER=1 NLTK_DATA=$(CURDIR)/.venv/nltk_data DS_ACCELERATOR=cpu .venv/bin/python -m pytest -q
 
 test-fast: setup
-	NLTK_DATA=$(CURDIR)/.venv/nltk_data DS_ACCELERATOR=cpu .venv/bin/python -m pytest -q -m "not slurm and not slow"
+	NLTK_DATA=$(CURDIR)/.venv/nltk_data DS_ACCELERATOR=cpu .venv/bin/python -m pytest -q -m "not slurm and not slow and not gpu"
 
 lint: setup
 	.venv/bin/ruff check mcmdpo tests tools bench && .venv/bin/ruff format --check mcmdpo tests tools bench

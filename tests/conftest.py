@@ -1,19 +1,45 @@
+"""Fixtures every test folder shares. Helpers that are not fixtures (constants, builders, local
+servers, plugin stages) live in tests/helpers/; no test module imports another test module.
+
+Markers (pyproject.toml): ``slurm`` needs the dev cluster, ``slow`` takes more than ~20 s, ``gpu``
+needs CUDA and is skipped here when no CUDA device is visible."""
+
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import REPO
+from tests.helpers.slurm import slurm_conf
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that use the cluster must carry ``slurm`` (so that ``-m "not slurm"`` leaves them out);
+    ``gpu`` tests skip (not fail) where no CUDA device is visible."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "slurm_cluster" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slurm") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError("tests using slurm_cluster without the slurm marker: " + ", ".join(unmarked))
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            for item in gpu:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (marker gpu)"))
 
 
 @pytest.fixture(autouse=True)
 def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Jobs start in the submitting directory; plugin modules (tests.fixture_stages) import from it."""
+    """Jobs start in the submitting directory; plugin modules (tests.helpers.fixture_stages) import
+    from it."""
     monkeypatch.chdir(REPO)
 
 
@@ -29,19 +55,10 @@ def write_recipe(tmp_path: Path):
     return write
 
 
-def _slurm_conf() -> str | None:
-    conf = os.environ.get("SLURM_CONF")
-    if conf and Path(conf).is_file() and shutil.which("sinfo"):
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
-        if out.returncode == 0 and out.stdout.strip():
-            return conf
-    return None
-
-
 @pytest.fixture(scope="session")
 def slurm_cluster() -> str:
     """The running dev cluster (slurm/dev-cluster/start.sh). In CI (CI=true) its absence is a failure."""
-    conf = _slurm_conf()
+    conf = slurm_conf()
     if conf is None:
         if os.environ.get("CI") or os.environ.get("MCMDPO_REQUIRE_SLURM"):
             pytest.fail(
@@ -49,6 +66,67 @@ def slurm_cluster() -> str:
             )
         pytest.skip("SLURM dev cluster not running (slurm/dev-cluster/start.sh; export SLURM_CONF)")
     return conf
+
+
+# ---------------------------------------------------------------- evaluation inputs
+
+
+@pytest.fixture(scope="session")
+def nltk_data(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An NLTK data folder holding WordNet (tests.helpers.wordnet); skips when none is available."""
+    from tests.helpers.wordnet import wordnet_data
+
+    return wordnet_data(tmp_path_factory)
+
+
+@pytest.fixture
+def amber_dir(tmp_path: Path) -> Path:
+    """AMBER's ``data`` folder, hand-made (tests.helpers.amber)."""
+    from tests.helpers.amber import write_amber
+
+    return write_amber(tmp_path / "data")
+
+
+@pytest.fixture
+def objhal(tmp_path: Path) -> dict[str, Path]:
+    """Object HalBench files, hand-made (tests.helpers.objhal): ``coco`` folder, ``syn``, ``file``."""
+    from tests.helpers.objhal import write_objhal
+
+    return write_objhal(tmp_path)
+
+
+# ---------------------------------------------------------------- method inputs
+
+
+@pytest.fixture(scope="module")
+def processor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LLaVA-NeXT image processor folder (tests.helpers.precompute.save_processor)."""
+    from tests.helpers.precompute import save_processor
+
+    return save_processor(tmp_path_factory.mktemp("processor"))
+
+
+# ---------------------------------------------------------------- training runs (opt in with usefixtures)
+
+
+@pytest.fixture
+def _short_result_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local launcher waits up to 15 s for the result file of a job that died; a SIGKILLed job
+    never writes one."""
+    import submitit.core.core
+
+    monkeypatch.setattr(submitit.core.core.Job, "_results_timeout_s", 1)
+
+
+@pytest.fixture(scope="module")
+def _release_process_group():
+    """In-process training (debug executor) leaves a one-process gloo group behind; later test
+    modules may need to create their own."""
+    yield
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 CHROMIUM_FLAGS = (

@@ -10,11 +10,14 @@
   its entry point; ``stages/__init__.py`` imports the stages for the registry).
 - Functions stay short (<= 60 lines) and stage files thin (<= 150 lines).
 - The top level stays small (:data:`TOP_LEVEL`).
+- No test module imports another test module: shared fixtures live in ``tests/conftest.py``, helpers in
+  ``tests/helpers/``.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mcmdpo"
@@ -237,3 +240,54 @@ def test_functions_are_short_and_stage_files_thin():
         if (n := len(p.read_text().splitlines())) > MAX_STAGE_FILE_LINES
     ]
     assert thick == [], "\n".join(thick)
+
+
+# ---------------------------------------------------------------- the tests themselves
+
+TESTS = Path(__file__).resolve().parent
+# an import of a test module (absolute, relative, or a test module imported from its package), also
+# inside strings that run as code (``python -c "..."``), or a test module named in a string
+TEST_MODULE_IMPORT = re.compile(
+    r"\b(?:from|import)\s+(?:tests(?:\.\w+)*\.test_\w+|\.+(?:\w+\.)*test_\w+)"
+    r"|\bfrom\s+(?:tests(?:\.\w+)*|\.+\w*(?:\.\w+)*)\s+import\s+(?:\([\w\s,]*?|[\w \t,]*?)\btest_\w+"
+    r"|[\"']tests(?:\.\w+)*\.test_\w+[\"']"
+)
+
+
+def imports_of_test_modules(source: str, where: str) -> list[str]:
+    """Lines of ``source`` that import a test module (fixtures live in conftest.py, helpers in
+    tests/helpers/)."""
+    return [
+        f"{where}:{source.count(chr(10), 0, m.start()) + 1}: {m.group(0).strip()}"
+        for m in TEST_MODULE_IMPORT.finditer(source)
+    ]
+
+
+def test_no_test_module_imports_another_test_module():
+    found = [
+        hit
+        for path in sorted(TESTS.rglob("*.py"))
+        for hit in imports_of_test_modules(path.read_text(), str(path.relative_to(TESTS.parent)))
+    ]
+    assert found == [], "\n".join(found)
+    bad = {  # "@" stands for "test_" (this file is scanned too)
+        "a.py": "from tests.@recipe import BASE\n",
+        "b.py": "import tests.method.@model as m\n",
+        "c.py": "from tests import curate, @judge\n",
+        "d.py": "from .@eval_stage import make_context\n",
+        "e.py": 'code = f"from tests.stages.@eval_stage import child_main; child_main({x})"\n',
+        "f.py": 'importlib.import_module("tests.@judge")\n',
+        "g.py": "from tests.batch import (\n    @plan,\n)\n",
+    }
+    hits = [
+        hit.split(": ")[0]
+        for name, text in bad.items()
+        for hit in imports_of_test_modules(text.replace("@", "test_"), name)
+    ]
+    assert hits == ["a.py:1", "b.py:1", "c.py:1", "d.py:1", "e.py:1", "f.py:1", "g.py:1"]
+    good = (
+        "from tests.helpers.eval import child_main\nfrom tests.helpers import curate as fx\n"
+        'plugins = ["tests.helpers.fixture_stages"]\n"""No test module imports tests.test_x."""\n'
+        "from tests.helpers.wordnet import text_config\n\n\ndef test_amber():\n    pass\n"
+    )
+    assert imports_of_test_modules(good, "ok.py") == []

@@ -1,0 +1,221 @@
+"""recipes/paper/*.toml: validation with ${VAR} paths, the planned DAG of every table, GPU-hour
+estimates, and --smoke (same structure as the real plan; table8 and table9 run to their tables)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mcmdpo.batch.plan import build_plan
+from mcmdpo.batch.recipe import RecipeError, load_recipe
+from mcmdpo.smoke.cost import estimate_cost
+from mcmdpo.smoke.standins import smoke_session
+from tests.helpers.paths import REPO
+
+PAPER = REPO / "recipes" / "paper"
+CLI = [sys.executable, "-m", "mcmdpo"]
+
+# stage -> (instances, distinct tasks), worked out from each table's sweep (see the recipe headers):
+# precompute / reference have 4 shards, sft_data 8; eval and score are per (model, benchmark). An
+# sft_data instance per distinct [sft] section (it reads it), its shard tasks shared by all of them.
+COMMON = {"data": (1, 1), "model": (1, 1), "sft_data": (1, 8), "report": (1, 1)}
+EXPECTED = {
+    "table2": {**COMMON, "data": (2, 2), "precompute": (4, 16), "sft": (1, 1), "reference": (4, 16),
+               "preference": (6, 6), "eval": (6, 2 * (1 + 1 + 6)), "score": (6, 16)},
+    "table3": {**COMMON, "sft_data": (2, 8), "precompute": (1, 4), "sft": (2, 2), "reference": (2, 8),
+               "preference": (8, 8), "eval": (8, 1 + 2 + 8), "score": (8, 11)},
+    "table5": {**COMMON, "precompute": (5, 20), "sft": (1, 1), "reference": (5, 20), "preference": (5, 5),
+               "eval": (5, 1 + 1 + 5), "score": (5, 7)},
+    "table6": {**COMMON, "precompute": (5, 20), "sft": (1, 1), "reference": (5, 20), "preference": (5, 5),
+               "eval": (5, 7), "score": (5, 7)},
+    "table7": {**COMMON, "precompute": (1, 4), "sft": (1, 1), "reference": (1, 4), "preference": (6, 6),
+               "eval": (6, 8), "score": (6, 8)},
+    "table8": {**COMMON, "precompute": (1, 4), "sft": (1, 1), "reference": (1, 4), "preference": (6, 6),
+               "eval": (6, 8), "score": (6, 8)},
+    "table9": {"data": (1, 1), "model": (1, 1), "precompute": (1, 4), "reference": (1, 4),
+               "preference": (2, 2), "eval": (2, 3 * (1 + 2)), "score": (2, 9), "report": (1, 1)},
+}  # fmt: skip
+
+
+DATA_FILES = [
+    f"{ds}/{ds}_{split}.json" for ds in ("pinterest", "twitter") for split in ("train", "test", "sft")
+]
+IMAGE_DIRS = [
+    f"{ds}/image/{ds}_{split}" for ds in ("pinterest", "twitter") for split in ("train", "test", "sft")
+]
+
+
+@pytest.fixture
+def paper_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The variables the recipes read; the files and folders validation may check (placeholders: the
+    record counts come from [run] expected_records), a model folder with config.json."""
+    (tmp_path / "models" / "llava-v1.6-vicuna-7b-hf").mkdir(parents=True)
+    (tmp_path / "models" / "llava-v1.6-vicuna-7b-hf" / "config.json").write_text("{}")
+    for name in IMAGE_DIRS:
+        (tmp_path / "data" / name).mkdir(parents=True)
+    for name in [*DATA_FILES, "rlhf-v/RLHF-V-Dataset.parquet"]:
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / name).write_text("[]")
+    monkeypatch.setenv("MCMDPO_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("MCMDPO_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("MCMDPO_JUDGE_URL", "http://judge.invalid/v1")
+    monkeypatch.setenv("MCMDPO_JUDGE_MODEL", "gpt-4-1106-preview")
+    return tmp_path
+
+
+def structure(plan) -> dict[str, tuple[int, int]]:
+    return {s.name: (len(s.instances), len(s.tasks)) for s in plan.stages}
+
+
+def test_every_table_validates_with_the_expected_dag(paper_env):
+    assert sorted(p.stem for p in PAPER.glob("*.toml")) == sorted(EXPECTED)
+    for name, expected in EXPECTED.items():
+        recipe = load_recipe(PAPER / f"{name}.toml")
+        assert recipe.doc["model"]["path"] == str(paper_env / "models" / "llava-v1.6-vicuna-7b-hf")
+        assert structure(build_plan(recipe)) == expected, name
+        assert recipe.doc["preference"]["lr"] == 5e-7 and recipe.doc["preference"]["epochs"] == 3
+        assert recipe.doc["preference"]["global_batch_size"] == 64 and recipe.profile["description"]
+        if "sft" in recipe.doc:
+            sft = recipe.doc["sft"]
+            assert (sft["epochs"], sft["lr"], sft["global_batch_size"]) == (1, 2e-5, 128)
+            assert [f["name"] for f in sft["files"]] == ["talt", "palt"]
+
+
+def test_table2_mdpo_rows_train_on_mdpo_crop_and_mcmdpo_on_the_upstream_form(paper_env):
+    """strategy = "auto": mDPO's sweep points get their own precompute (mdpo_crop) + reference set,
+    DPO and MCM-DPO share the diffusion one; the MCM-DPO rows use the authors' loss form."""
+    plan = build_plan(load_recipe(PAPER / "table2.toml"))
+    stages = {s.name: s for s in plan.stages}
+    precompute = {i.instance_id: i for i in stages["precompute"].instances}
+    seen = set()
+    for inst in stages["preference"].instances:
+        loss = inst.spec["loss"]
+        reference = next(i for i in stages["reference"].instances
+                         if i.instance_id == inst.upstream["reference"])  # fmt: skip
+        strategy = precompute[reference.upstream["precompute"]].spec["strategy"]
+        assert strategy == ("mdpo_crop" if loss["kind"] == "mdpo" else "diffusion"), loss["kind"]
+        assert inst.spec["data_order"] == "length_grouped"
+        seen.add((loss["kind"], loss["form"], strategy))
+    assert ("mcmdpo", "upstream", "diffusion") in seen and ("mdpo", "upstream", "mdpo_crop") in seen
+    evals = stages["eval"].instances
+    assert {(i.spec["num_beams"], i.spec["template"]) for i in evals} == {(3, "llava_v1")}
+
+
+def test_dry_run_json_counts_instances_and_gpu_hours(paper_env):
+    run = subprocess.run([*CLI, "submit", str(PAPER / "table8.toml"), "--dry-run", "--json"],
+                         capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    plan = json.loads(run.stdout)
+    stages = {s["name"]: s for s in plan["stages"]}
+    assert {n: (len(s["instances"]), len({t["task_id"] for i in s["instances"] for t in i["tasks"]}))
+            for n, s in stages.items()} == EXPECTED["table8"]  # fmt: skip
+    # the paper's calibration, recomputed here: GPU-seconds per sample-epoch linear in the conditions
+    # through DPO (2 conditions, 4.6 h) and MCM-DPO (8, 5.0 h) on 4 GPUs for 8,212 samples x 3 epochs
+    per_epoch = {c: h * 4 * 3600 / (8212 * 3) for c, h in ((2, 4.6), (8, 5.0))}
+    mcmdpo = per_epoch[8] * (1 - 0.25)  # offline reference: its forward is not in the preference task
+    expected = 6 * (8212 // 64 * 64) * 3 * mcmdpo / 3600
+    assert stages["preference"]["gpu_hours"] == pytest.approx(expected, rel=2e-3)
+    sft = (101078 + 101715) // 128 * 128 * per_epoch[2] * 3 / 8 / 3600
+    assert stages["sft"]["gpu_hours"] == pytest.approx(sft, rel=2e-3)
+    assert stages["precompute"]["gpu_hours"] == 0.0 and plan["cost"]["calibration"].startswith("paper:")
+    assert plan["cost"]["total_gpu_hours"] == pytest.approx(
+        sum(s["gpu_hours"] for s in plan["stages"]), abs=0.1
+    )
+
+
+def test_paper_calibration_reproduces_the_papers_hours(write_recipe):
+    body = """
+    [run]
+    name = "cal"
+    output_root = "@RUNS@"
+    [data]
+    num_train = 8212
+    [model]
+    [precompute]
+    [preference]
+    reference = "online"
+    global_batch_size = 4
+    micro_batch_size = 1
+    [preference.loss]
+    kind = "{kind}"
+    """
+    for kind, hours in (("dpo", 4.6), ("mcmdpo", 5.0)):
+        recipe = load_recipe(write_recipe(body.replace("{kind}", kind)))
+        estimate = estimate_cost(build_plan(recipe), {"throughput": {"calibration": "x"}})
+        assert estimate.stages["preference"] == pytest.approx(hours * 4, rel=1e-3)  # 4 x A100 x hours
+
+
+def test_a_missing_variable_is_a_line_error(paper_env, monkeypatch):
+    monkeypatch.delenv("MCMDPO_DATA")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(PAPER / "table8.toml")
+    lines = (PAPER / "table8.toml").read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.startswith("train_file = "))
+    assert f"table8.toml:{line}: data.train_file: environment variable MCMDPO_DATA is not set" in str(
+        info.value
+    )
+
+
+def test_smoke_plans_have_the_structure_of_the_real_plans(tmp_path, monkeypatch):
+    for name in ("MCMDPO_DATA", "MCMDPO_MODELS", "MCMDPO_JUDGE_URL", "MCMDPO_JUDGE_MODEL"):
+        monkeypatch.delenv(name, raising=False)  # a laptop without the data: stand-ins everywhere
+    for name, expected in EXPECTED.items():
+        with smoke_session(PAPER / f"{name}.toml", [f"run.output_root={tmp_path}"], dry_run=True) as smoke:
+            plan = build_plan(smoke)
+        assert structure(plan) == expected, name
+        assert plan.run_name == f"paper-{name}-smoke" and plan.executor == "local"
+        assert smoke.doc["model"]["source"] == "tiny" and smoke.cluster.profile == "local"
+        if name == "table2":  # stand-ins keep the real file names: the report labels "+DPO (PAlt)"
+            trains = [Path(i.spec["train_file"]).name for i in plan.stage("data").instances]
+            assert trains == ["pinterest_train.json", "twitter_train.json"]
+    assert not (tmp_path / "paper-table8-smoke").exists()  # a dry run leaves nothing behind
+
+
+def test_smoke_takes_the_first_records_of_real_files(tmp_path, monkeypatch):
+    from mcmdpo.smoke import fixtures
+
+    data = tmp_path / "data"
+    made = fixtures.preference_files(data / "pinterest", 12)
+    made["file"].rename(data / "pinterest" / "pinterest_train.json")
+    (data / "pinterest" / "image").mkdir()
+    made["images"].rename(data / "pinterest" / "image" / "pinterest_train")
+    monkeypatch.setenv("MCMDPO_DATA", str(data))
+    with smoke_session(PAPER / "table8.toml", [f"run.output_root={tmp_path}"]) as smoke:
+        train = Path(smoke.doc["data"]["train_file"])
+        assert train.parent.parent == tmp_path / "paper-table8-smoke" / "smoke-inputs"
+        assert len(json.loads(train.read_text())) == 8
+        assert smoke.doc["data"]["train_images"] == str(data / "pinterest" / "image" / "pinterest_train")
+        assert "smoke-inputs" in smoke.doc["sft"]["files"][0]["file"]  # no SFT file there: a stand-in
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "row"), [("table8", "| gamma = 0.4 |"), ("table9", "| +MCM-DPO (RPO, VPO, VRPO) |")]
+)
+def test_smoke_run_finishes_with_its_table(name, row, tmp_path):
+    run = subprocess.run(
+        [*CLI, "submit", str(PAPER / f"{name}.toml"), "--smoke", "--set", f"run.output_root={tmp_path}"],
+        capture_output=True, text=True, cwd=REPO, timeout=900,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert row in run.stdout
+    assert (tmp_path / f"paper-{name}-smoke" / "smoke-inputs").is_dir()
+
+
+def test_rows_of_a_data_and_kind_sweep_name_both(tmp_path):
+    from mcmdpo.report.collect import MetricsFile
+    from mcmdpo.report.labels import row_label
+
+    point = {
+        "data": {"source": "files", "train_file": "/d/twitter/twitter_train.json"},
+        "preference.loss.kind": "dpo",
+    }
+    doc = {"model": "preference", "model_stage": "preference", "model_spec": {"loss": {"kind": "dpo"}}}
+    row = MetricsFile("r", tmp_path, "t", tmp_path / "m.json", doc, point, "g", 0)
+    assert row_label(row, {}) == "+DPO (TAlt)"
+    gamma = MetricsFile("r", tmp_path, "t", tmp_path / "m.json", doc, {"preference.loss.gamma": 0.4}, "g", 0)
+    assert row_label(gamma, {}) == "gamma = 0.4"  # the kind is not swept: the point alone, as before
