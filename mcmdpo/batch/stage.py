@@ -70,6 +70,10 @@ class Stage:
              (default: all of them). A stage whose inputs depend on its settings declares them here
              (``[sft] data = "files"`` reads ``sft_data``, not ``precompute``), so that sweep points
              over stages it does not read share its instance.
+    task_resources: ``task_resources(spec, params, resources) -> overrides``: resources one task
+             needs beyond the stage's (e.g. more GPUs for a bigger model), given the stage's resolved
+             resources; ``{}`` when they fit. Raise a ``ConfigError`` to refuse (at validation).
+             Tasks with different overrides are submitted as separate arrays.
     """
 
     name: str
@@ -87,6 +91,11 @@ class Stage:
     gather: bool = False
     resolve: Callable[[Any, Mapping[str, Any]], Any] | None = None
     uses: Callable[[Any, Mapping[str, Any]], Sequence[str]] | None = None
+    task_resources: Callable[[Any, TaskParams, Mapping[str, Any]], Mapping[str, Any]] | None = None
+
+    def resources_of(self, spec: Any, params: TaskParams, resources: Mapping[str, Any]) -> dict[str, Any]:
+        """The resource overrides of one task (``{}``: the stage's resources)."""
+        return dict(self.task_resources(spec, params, resources)) if self.task_resources else {}
 
     def used(self, spec: Any, doc: Mapping[str, Any]) -> tuple[str, ...]:
         """The stages of ``after`` read by this configuration (present in ``doc`` or not)."""

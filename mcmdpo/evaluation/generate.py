@@ -104,7 +104,29 @@ class Generator(Protocol):
     def generate(self, items: Sequence[Item]) -> list[tuple[str, int]]: ...
 
 
-GeneratorFactory = Callable[[Path, "GenerationConfig"], Generator]
+class RunSettings(Protocol):
+    """What :func:`generate_items` needs from generation settings (``GenerationConfig``, ``BaselineRun``)."""
+
+    batch_size: int
+
+    def public(self) -> dict[str, Any]: ...
+
+
+GeneratorFactory = Callable[[Any, Any], Generator]
+"""``load(model path or id, settings) -> Generator``."""
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """What one eval task generates with: the model (folder or hub id), its settings, its loader."""
+
+    model_path: str
+    """The model as recorded in predictions (a folder, or a baseline's hub id)."""
+    real_path: str
+    """What the resume key hashes: the folder's real path (a hub id as written)."""
+    settings: Any
+    """A :class:`GenerationConfig` (trained models) or a baseline's ``BaselineRun``."""
+    load: GeneratorFactory
 
 
 class BatchGenerator:
@@ -205,8 +227,8 @@ def _cuda() -> bool:
 def generate_items(
     ctx: Any,
     items: Sequence[Item],
-    model_dir: Path,
-    config: GenerationConfig,
+    model_dir: Path | str,
+    config: RunSettings,
     fields: Mapping[str, Any],
     key: str,
     load: GeneratorFactory,
@@ -248,7 +270,7 @@ def generate_items(
 
 
 def _records(
-    batch: Sequence[Item], generator: Generator, config: GenerationConfig, fields: Mapping[str, Any]
+    batch: Sequence[Item], generator: Generator, config: RunSettings, fields: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     outputs = generator.generate(batch)
     return [

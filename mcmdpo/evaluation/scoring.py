@@ -33,6 +33,9 @@ from mcmdpo.batch.stage import TaskInput
 from mcmdpo.evaluation.metrics.predictions import GENERATION, PREDICTIONS
 from mcmdpo.method.model.folders import MODEL_STAGES
 
+BASELINE_STAGE = "baseline"
+"""``model_stage`` of a zero-shot baseline's metrics (no stage produced its weights)."""
+
 
 @dataclass(frozen=True)
 class ScoreJob:
@@ -101,24 +104,35 @@ def document(job: ScoreJob, kind: str, records: Sequence[Any], metrics: Any, dev
 
     first = job.shards[0].dir / GENERATION
     generation = read_json(first) if first.is_file() else {}
-    stage = MODEL_STAGES[job.model]
+    stage, spec = model_stage(job.model, recipe)
+    settings = generation.get("generation")
+    trained_deviations = generation_deviations(settings) if stage != BASELINE_STAGE else []
     return {
         "model": job.model,
         "model_stage": stage,
         "model_path": generation.get("model_dir"),
-        "model_spec": recipe.get(stage),
+        "model_spec": spec,
         "benchmark": job.benchmark,
         "kind": kind,
         "num_predictions": len(records),
-        "generation": generation.get("generation"),
+        "generation": settings,
         "eval_tasks": [t.task_id for t in job.shards],
         "limit": job.limit,
         "points": list(points),
         "metrics": metrics,
-        "deviations": sorted({*deviations, *generation_deviations(generation.get("generation"))}),
+        "deviations": sorted({*deviations, *trained_deviations}),
         "versions": versions(),
         "samples": f"{job.benchmark}.samples.jsonl",
     }
+
+
+def model_stage(model: str, recipe: Mapping[str, Any]) -> tuple[str, Any]:
+    """(stage, spec) of an evaluated model: a trained model's stage and section, or ``baseline`` and
+    its ``[[eval.baselines]]`` entry (whose ``label`` names its report row)."""
+    if model in MODEL_STAGES:
+        return MODEL_STAGES[model], recipe.get(MODEL_STAGES[model])
+    entries = (recipe.get("eval") or {}).get("baselines") or ()
+    return BASELINE_STAGE, next((b for b in entries if b.get("name") == model), None)
 
 
 def task_points(run_dir: Path, stage: str, task_id: str) -> list[dict[str, Any]]:

@@ -119,13 +119,21 @@ def load_recipe(
 def _check_tasks(
     variants: Sequence[Recipe], registry: Mapping[str, Stage], source: _Source, problems: list[Problem]
 ) -> None:
-    """Run every stage's ``tasks()`` now: errors that need the whole recipe (an offline reference
-    without ``[reference]``, an unreadable data file a shard count needs) fail at validation."""
+    """Run every stage's ``tasks()`` (and ``task_resources()``) now: errors that need the whole recipe
+    (an offline reference without ``[reference]``, an unreadable data file a shard count needs, a
+    model too big for the profile's GPUs) fail at validation."""
     for variant in variants:
         source.swept = {key: f"sweep.{key}" for key in variant.point}
         for name, spec in variant.stages.items():
+            stage = registry[name]
             try:
-                registry[name].tasks(spec, variant.doc)
+                tasks = stage.tasks(spec, variant.doc)
+                if stage.task_resources is not None:
+                    resources = profiles.resolve_resources(
+                        variant.profile, variant.cluster.resources, name, stage.kind
+                    ).model_dump()
+                    for params in tasks:
+                        stage.resources_of(spec, params, resources)
             except McmdpoError as exc:
                 problems.append(source.problem(exc.field or name, exc.render(field=False)))
             except ValueError as exc:
