@@ -265,3 +265,215 @@ def test_api_baseline_retries_and_sends_the_images(tmp_path, monkeypatch):
         fresh.run_dir = tmp_path
         run_eval(fresh)
         assert server.requests == []
+
+
+# ---------------------------------------------------------------- recipes: tasks, placement, refusal
+
+
+BASELINES_ONLY = """
+[run]
+name = "bl"
+output_root = "@RUNS@"
+[cluster]
+profile = "a100"
+[eval]
+benchmarks = ["talt"]
+shards = 2
+[eval.talt]
+file = "@FILE@"
+images = "@IMAGES@"
+[[eval.baselines]]
+name = "small"
+model = "org/small"
+few_shot = 0
+params_b = 7
+[[eval.baselines]]
+name = "big"
+model = "org/big"
+few_shot = 0
+params_b = @BIG@
+"""
+
+
+def test_a_recipe_of_baselines_alone_plans_tasks_with_their_gpus(write_recipe, tmp_path):
+    from mcmdpo.batch.launch import _resource_groups
+    from mcmdpo.batch.plan import build_plan
+    from mcmdpo.batch.recipe import RecipeError, load_recipe
+
+    source = talt_files(tmp_path / "talt", 2)
+    body = BASELINES_ONLY.replace("@FILE@", source["file"]).replace("@IMAGES@", source["images"])
+    plan = build_plan(load_recipe(write_recipe(body.replace("@BIG@", "70"))))
+    assert [s.name for s in plan.stages] == ["eval", "score", "report"]
+    tasks = plan.stage("eval").tasks
+    assert [(t.params["model"], t.params["shard"]) for t in tasks] == [
+        ("small", 0),
+        ("small", 1),
+        ("big", 0),
+        ("big", 1),
+    ]
+    assert [t.resources for t in tasks] == [
+        {},
+        {},
+        *[{"gpus_per_node": 2, "tasks_per_node": 1}] * 2,
+    ]  # 156 GiB
+    assert tasks[2].resources_in(plan.stage("eval"))["gpus_per_node"] == 2
+    assert [len(g) for g in _resource_groups(tasks)] == [2, 2]  # one array per GPU count
+    assert [t.params for t in plan.stage("score").tasks] == [{"model": "small", "benchmark": "talt"},
+                                                           {"model": "big", "benchmark": "talt"}]  # fmt: skip
+    path = write_recipe(body.replace("@BIG@", "400"))
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    line = [n for n, text in enumerate(path.read_text().splitlines(), 1) if text == "[[eval.baselines]]"][1]
+    assert str(info.value) == (f"{path}:{line}: eval.baselines.1: org/big needs ~894 GiB in 16-bit (dtype auto) (parameters x "
+                               "dtype + 20%), more than a node's 8 x 80 GiB GPUs")  # fmt: skip
+
+
+# ---------------------------------------------------------------- repository code (chat-style models)
+
+REMOTE_CODE = '''
+import torch
+from transformers import PreTrainedConfig, PreTrainedModel
+
+
+class TinyChatConfig(PreTrainedConfig):
+    model_type = "minicpmv"
+
+    def __init__(self, hidden=4, **kwargs):
+        self.hidden = hidden
+        super().__init__(**kwargs)
+
+
+class TinyChat(PreTrainedModel):
+    """MiniCPM-V's interface: chat(image, msgs, context, tokenizer, sampling, ...) -> (text, ...)."""
+
+    config_class = TinyChatConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.proj = torch.nn.Linear(config.hidden, config.hidden)
+        self.post_init()
+
+    def chat(self, image, msgs, context, tokenizer, sampling=True, max_new_tokens=8, **kwargs):
+        assert sampling is False and context is None and msgs[0]["role"] == "user"
+        return (f"{image.size[0]}x{image.size[1]} " + " ".join(msgs[0]["content"].split()[:2]), None, None)
+'''
+
+
+def remote_chat_model(folder: Path) -> Path:
+    """A local model whose repository code (``modeling_tiny.py``) has a MiniCPM-V style ``chat``."""
+    from transformers import AutoConfig, AutoModel
+
+    from mcmdpo.smoke.families import _tokenizer
+
+    folder.mkdir(parents=True)
+    (folder / "modeling_tiny.py").write_text(REMOTE_CODE)
+    auto_map = {"AutoConfig": "modeling_tiny.TinyChatConfig", "AutoModel": "modeling_tiny.TinyChat"}
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "minicpmv", "auto_map": auto_map, "hidden": 4})
+    )
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    AutoModel.from_config(config, trust_remote_code=True).save_pretrained(folder)
+    _tokenizer(()).save_pretrained(folder)
+    return folder
+
+
+def test_repository_code_chat_model_needs_trust_and_generates(tmp_path):
+    folder = remote_chat_model(tmp_path / "remote-chat")
+    source = talt_files(tmp_path / "talt", 2)
+    entry = {"name": "chatty", "model": str(folder), "few_shot": 0}
+    with pytest.raises(ValueError, match="runs code from its repository; set trust_remote_code = true"):
+        baseline_context(tmp_path, source, [entry])
+    ctx = baseline_context(tmp_path, source, [{**entry, "trust_remote_code": True}])
+    run_eval(ctx)
+    records = read_lines(ctx.out_dir / "predictions.jsonl")
+    assert [r["response"] for r in records] == ["40x30 Given an", "49x35 Describe this"]
+    assert all(r["num_tokens"] > 0 and r["generation"]["trust_remote_code"] for r in records)
+
+
+# ---------------------------------------------------------------- the whole pipeline and its report
+
+PIPELINE = """
+[run]
+name = "zs"
+output_root = "@RUNS@"
+[cluster]
+executor = "debug"
+[data]
+source = "demo"
+num_train = 6
+num_test = 3
+min_image_size = 32
+max_image_size = 48
+[model]
+source = "tiny"
+[eval]
+benchmarks = ["test"]
+batch_size = 2
+max_new_tokens = 4
+[[eval.baselines]]
+name = "vip"
+label = "VIP-LLaVA (13B)"
+model = "@VIP@"
+[[eval.baselines]]
+name = "served"
+label = "InstructBLIP (13B)"
+kind = "api"
+model = "served-vlm"
+[eval.baselines.api]
+base_url = "@URL@"
+api_key_env = ""
+[score]
+protocols = ["paper"]
+[score.nltk]
+tokenizer = "treebank"
+tagger = "wordnet"
+[report]
+resamples = 0
+figures = false
+"""
+PAPER_FILE = """
+[[tables]]
+id = "t2"
+title = "test"
+source = "a test"
+protocol = "paper"
+columns = ["test.rouge_l", "test.bleu_4"]
+rows = [{ label = "InstructBLIP (13B)", values = [5.99, 0.05] }, { label = "+SFT", values = [1.0, 2.0] }]
+"""
+
+
+def test_pipeline_reports_baselines_above_the_llava_rows(family_dir, write_recipe, tmp_path):
+    from mcmdpo.batch.launch import submit
+    from mcmdpo.batch.recipe import load_recipe
+    from mcmdpo.report.collect import collect
+    from mcmdpo.report.outputs import build_from
+    from mcmdpo.report.paper import load_paper_results
+    from mcmdpo.report.spec import ReportSpec
+    from mcmdpo.report.tables import build_table
+    from mcmdpo.smoke.fixtures import FixedJudge
+
+    with FixedJudge(reply="A short alt-text.") as server:
+        body = PIPELINE.replace("@VIP@", str(family_dir("vipllava"))).replace("@URL@", server.url)
+        recipe = load_recipe(write_recipe(body))
+        report = submit(recipe)
+    assert report.ok, report.blocked_by
+    eval_tasks = report.plan.stage("eval").tasks
+    assert [t.params["model"] for t in eval_tasks] == ["base", "vip", "served"]
+    assert [t.inputs for t in eval_tasks][1:] == [{"data": [report.plan.stage("data").tasks[0].task_id]}] * 2
+    table = next((recipe.run_dir / "report").glob("*/table.md")).read_text()
+    rows = [line.split(" | ")[0].strip("| ") for line in table.splitlines() if line.startswith("| ")][1:]
+    assert rows == ["VIP-LLaVA (13B)", "InstructBLIP (13B)", "Tiny LLaVA"]
+    metrics = collect([recipe.run_dir]).files
+    served = next(f for f in metrics if f.model == "served")
+    assert served.model_stage == "baseline" and served.doc["model_spec"]["label"] == "InstructBLIP (13B)"
+    assert not [d for d in served.doc["deviations"] if d.startswith("generation")]  # not LLaVA's inference
+    assert served.doc["generation"]["model"] == "served-vlm"
+    assert len(served.doc["generation"]["examples"]) == 2  # from the data stage's train split
+    (tmp_path / "paper.toml").write_text(PAPER_FILE)
+    built = build_from(collect([recipe.run_dir]), ReportSpec(resamples=0))
+    with_paper = build_table(built.results, "all", paper=load_paper_results(tmp_path / "paper.toml"))
+    labels = [(r.label, r.kind) for r in with_paper.rows]
+    assert labels[1:4] == [("InstructBLIP (13B)", "result"), ("InstructBLIP (13B) (paper)", "paper"),
+                           ("Δ vs paper", "delta")]  # fmt: skip
+    delta = with_paper.rows[3].cells[("test", "paper", "rouge_l")].mean
+    assert delta == pytest.approx(with_paper.rows[1].cells[("test", "paper", "rouge_l")].mean - 5.99)

@@ -25,7 +25,7 @@ CLI = [sys.executable, "-m", "mcmdpo"]
 COMMON = {"data": (1, 1), "model": (1, 1), "sft_data": (1, 8), "report": (1, 1)}
 EXPECTED = {
     "table2": {**COMMON, "data": (2, 2), "precompute": (4, 16), "sft": (1, 1), "reference": (4, 16),
-               "preference": (6, 6), "eval": (6, 2 * (1 + 1 + 6)), "score": (6, 16)},
+               "preference": (6, 6), "eval": (6, 2 * (1 + 1 + 6 + 8)), "score": (6, 32)},  # 8 baselines
     "table3": {**COMMON, "sft_data": (2, 8), "precompute": (1, 4), "sft": (2, 2), "reference": (2, 8),
                "preference": (8, 8), "eval": (8, 1 + 2 + 8), "score": (8, 11)},
     "table5": {**COMMON, "precompute": (5, 20), "sft": (1, 1), "reference": (5, 20), "preference": (5, 5),

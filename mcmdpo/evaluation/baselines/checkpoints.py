@@ -139,9 +139,13 @@ def placement(baseline: Checkpoint, resources: Mapping[str, Any]) -> dict[str, A
     if gpus > (node_gpus or resources["gpus_per_node"]):
         have = node_gpus or resources["gpus_per_node"]
         raise ConfigError(
-            f"{baseline.model} needs ~{need:.0f} GiB in {baseline.dtype} (parameters x dtype "
+            f"{baseline.model} needs ~{need:.0f} GiB in {_dtype_text(baseline.dtype)} (parameters x dtype "
             f"+ {HEADROOM - 1:.0%}), more than a node's {have} x {gpu_gb:g} GiB GPUs"
         )
     if gpus <= int(resources["gpus_per_node"]):
         return {}
     return {"gpus_per_node": gpus, "tasks_per_node": 1}
+
+
+def _dtype_text(dtype: str) -> str:
+    return "16-bit (dtype auto)" if dtype == "auto" else dtype
