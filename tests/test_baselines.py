@@ -324,8 +324,10 @@ def test_a_recipe_of_baselines_alone_plans_tasks_with_their_gpus(write_recipe, t
     with pytest.raises(RecipeError) as info:
         load_recipe(path)
     line = [n for n, text in enumerate(path.read_text().splitlines(), 1) if text == "[[eval.baselines]]"][1]
-    assert str(info.value) == (f"{path}:{line}: eval.baselines.1: org/big needs ~894 GiB in 16-bit (dtype auto) (parameters x "
-                               "dtype + 20%), more than a node's 8 x 80 GiB GPUs")  # fmt: skip
+    assert str(info.value) == (
+        f"{path}:{line}: eval.baselines.1: org/big needs ~894 GiB in 16-bit (dtype auto) (parameters x "
+        "dtype + 20%), more than a node's 8 x 80 GiB GPUs"
+    )
 
 
 # ---------------------------------------------------------------- repository code (chat-style models)
