@@ -141,7 +141,9 @@ def eval_models(models: Sequence[str] | None, doc: Mapping[str, Any]) -> list[st
     present = [m for m, stage in MODEL_STAGES.items() if stage in doc]
     if models is None:
         if not present:
-            raise ConfigError("eval needs a model: add [model] (base), [sft] or [preference]")
+            raise ConfigError(
+                "eval needs a model: add [model] (base), [sft], [preference] or [[eval.baselines]]"
+            )
         return present
     missing = [m for m in models if m not in present]
     if missing:

@@ -13,6 +13,9 @@ The metrics JSON::
      "points": [{...sweep values}], "metrics": {...}, "deviations": [...], "versions": {...},
      "samples": "<benchmark>.samples.jsonl"}
 
+A zero-shot baseline's JSON has ``"model_stage": "baseline"`` and its ``[[eval.baselines]]`` entry as
+``model_spec`` (whose ``label`` names its report row); its ``generation`` is the baseline's settings
+(prompt, examples, model id) and its ``deviations`` are the scorer's only.
 ``generation`` holds the eval settings as run (``template``, resolved ``dtype``, ``engine``, beams ...);
 ``deviations`` lists the scorer's and the generation's differences from upstream.
 ``metrics`` by kind: alt-text ``{"paper": {...}, "coco": {...}}`` (see
