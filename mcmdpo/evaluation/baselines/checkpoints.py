@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from mcmdpo.batch.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 KNOWN_REMOTE_CODE = frozenset(
     {
@@ -106,13 +109,19 @@ def count_parameters(model: str, revision: str | None = None, trust_remote_code:
 
     from mcmdpo.evaluation.baselines.hf import model_class
 
-    config = AutoConfig.from_pretrained(
-        model, revision=revision, trust_remote_code=trust_remote_code, local_files_only=True
-    )
-    with torch.device("meta"):
-        built = model_class(config, trust_remote_code).from_config(
-            config, trust_remote_code=trust_remote_code
+    try:
+        config = AutoConfig.from_pretrained(
+            model, revision=revision, trust_remote_code=trust_remote_code, local_files_only=True
         )
+        with torch.device("meta"):
+            built = model_class(config, trust_remote_code).from_config(
+                config, trust_remote_code=trust_remote_code
+            )
+    except Exception as exc:  # repository code (or its missing files) may not build: params_b decides
+        if not trust_remote_code:
+            raise
+        log.warning("cannot build %s on the meta device (%s); sizing it by params_b", model, exc)
+        return None
     return sum(p.numel() for p in built.parameters())
 
 
