@@ -27,6 +27,7 @@ CHAT_ENDS = {
     "llava_next": " ASSISTANT:",
     "vipllava": "###Assistant:",
     "qwen2_vl": "<|im_start|>assistant\n",
+    "qwen2_5_vl": "<|im_start|>assistant\n",
     "idefics3": "\nAssistant:",
     "instructblip": "Alt-text for this image:",  # no chat template: the text alone
     "chameleon": "Alt-text for this image:<image>",  # no chat template: text, then the image

@@ -7,7 +7,8 @@ place of multi-GB downloads. Widths 32, one or two layers, images of 16-56 px.
 
 Families (:data:`FAMILIES`): ``llava_next`` (LLaVA-1.6 layout, Vicuna chat template), ``vipllava``,
 ``instructblip`` (Q-Former; no chat template, as on the hub), ``chameleon`` (VQ image tokens; no chat
-template), ``qwen2_vl`` (dynamic resolution, ChatML template) and ``idefics3`` (image splitting tokens).
+template), ``qwen2_vl`` and ``qwen2_5_vl`` (dynamic resolution, ChatML template) and ``idefics3``
+(image splitting tokens).
 """
 
 from __future__ import annotations
@@ -294,20 +295,23 @@ def chameleon() -> tuple[Any, Any]:
     return ChameleonForConditionalGeneration(config), processor
 
 
-def qwen2_vl() -> tuple[Any, Any]:
-    """Qwen2-VL: dynamic resolution (8 px patches, 2x2 merge), M-RoPE, ChatML template."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+QWEN_SPECIALS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 
-    specials = (
-        "<|im_start|>",
-        "<|im_end|>",
-        "<|vision_start|>",
-        "<|vision_end|>",
-        "<|image_pad|>",
-        "<|video_pad|>",
-    )
-    tok = _tokenizer(specials, bos="<|endoftext|>", eos="<|im_end|>")
-    ids = {name: tok.convert_tokens_to_ids(name) for name in specials}
+
+def _qwen(config_class: type, vision: dict[str, Any]) -> tuple[Any, Any]:
+    """A Qwen-VL model of ``config_class`` (M-RoPE text, ``vision`` tower) and its image-only processor."""
+    from mcmdpo.evaluation.baselines.hf import images_only
+
+    tok = _tokenizer(QWEN_SPECIALS, bos="<|endoftext|>", eos="<|im_end|>")
+    ids = {name: tok.convert_tokens_to_ids(name) for name in QWEN_SPECIALS}
+    rope = {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 10000.0}
     text = dict(
         hidden_size=HIDDEN,
         intermediate_size=2 * HIDDEN,
@@ -315,23 +319,14 @@ def qwen2_vl() -> tuple[Any, Any]:
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=len(tok),
-        rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 10000.0},
+        rope_parameters=rope,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    vision = dict(
-        depth=1,
-        embed_dim=HIDDEN,
-        hidden_size=HIDDEN,
-        num_heads=2,
-        patch_size=8,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-    )
-    config = Qwen2VLConfig(
+    config = config_class(
         text_config=text,
-        vision_config=vision,
+        vision_config={"depth": 1, "hidden_size": HIDDEN, "num_heads": 2, "patch_size": 8, **vision},
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
@@ -343,13 +338,39 @@ def qwen2_vl() -> tuple[Any, Any]:
         temporal_patch_size=2,
         size={"shortest_edge": 16 * 16, "longest_edge": 48 * 48},
     )
-    import sys
+    # the video processor needs torchvision; image prompts never use it (see baselines.hf.images_only)
+    processor = images_only(_processor_class(config_class))(images, tok, None, chat_template=CHATML_TEMPLATE)
+    return _model_class(config_class)(config), processor
 
-    sys.path.insert(0, "/tmp/w21")
-    from shim import lenient
 
-    processor = lenient(Qwen2VLProcessor)(images, tok, None, chat_template=CHATML_TEMPLATE)
-    return Qwen2VLForConditionalGeneration(config), processor
+def _processor_class(config_class: type) -> type:
+    import transformers
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    return getattr(transformers, PROCESSOR_MAPPING_NAMES[config_class.model_type])
+
+
+def _model_class(config_class: type) -> type:
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return getattr(transformers, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[config_class.model_type])
+
+
+def qwen2_vl() -> tuple[Any, Any]:
+    """Qwen2-VL: dynamic resolution (8 px patches, 2x2 merge), M-RoPE, ChatML template."""
+    from transformers import Qwen2VLConfig
+
+    return _qwen(Qwen2VLConfig, {"embed_dim": HIDDEN, "spatial_merge_size": 2, "temporal_patch_size": 2})
+
+
+def qwen2_5_vl() -> tuple[Any, Any]:
+    """Qwen2.5-VL: Qwen2-VL's interface with a windowed-attention tower (one full-attention block)."""
+    from transformers import Qwen2_5_VLConfig
+
+    vision = {"intermediate_size": 2 * HIDDEN, "out_hidden_size": HIDDEN, "window_size": 16,
+              "fullatt_block_indexes": [0], "spatial_merge_size": 2, "temporal_patch_size": 2}  # fmt: skip
+    return _qwen(Qwen2_5_VLConfig, vision)
 
 
 def idefics3() -> tuple[Any, Any]:
@@ -388,6 +409,7 @@ FAMILIES: dict[str, Callable[[], tuple[Any, Any]]] = {
     "instructblip": instructblip,
     "chameleon": chameleon,
     "qwen2_vl": qwen2_vl,
+    "qwen2_5_vl": qwen2_5_vl,
     "idefics3": idefics3,
 }
 """Family name (the ``model_type`` of the config) -> builder of (random model, processor)."""

@@ -281,6 +281,7 @@ STAND_INS = (
     ("chameleon", "chameleon"),
     ("vip-llava", "vipllava"),
     ("vipllava", "vipllava"),
+    ("qwen2.5", "qwen2_5_vl"),
     ("qwen2", "qwen2_vl"),
     ("idefics", "idefics3"),
     ("smolvlm", "idefics3"),
