@@ -288,8 +288,9 @@ def _problems(exc: ValidationError, section: str, model: type[BaseModel], source
             message = did_you_mean(loc[-1], _fields_at(model, loc[:-1]))
         elif err["type"] == "missing":
             message = "required field is missing"
-        else:
-            message = f"{err['msg'][:1].lower()}{err['msg'][1:]} (got {err.get('input')!r})"
+        else:  # a whole table's input (a model-level check) would not fit on the line: left out
+            got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
+            message = f"{err['msg'][:1].lower()}{err['msg'][1:]}{got}"
         out.append(source.problem(key, message))
     return out
 
