@@ -13,7 +13,9 @@ LLaVA's ``load_pretrained_model`` loads ``torch.float16``), fp32 on CPU.
 :func:`generate_items` runs the items not yet in a :class:`mcmdpo.batch.resumable.BatchLedger` batch by
 batch, so a preempted or killed task resumes after its last finished batch. The generator comes from
 a factory (:func:`generator_loader`): ``engine = "hf"`` (:func:`load_generator`) or ``"vllm"``
-(:func:`mcmdpo.evaluation.vllm_engine.load_vllm_generator`), same prompts, ledger and resume.
+(:func:`mcmdpo.evaluation.vllm_engine.load_vllm_generator`), same prompts, ledger and resume. The
+zero-shot baselines (:mod:`mcmdpo.evaluation.baselines`) run on the same loop with their own settings
+(``BaselineRun``) and generators; :class:`GenerationJob` is what an eval task hands it.
 """
 
 from __future__ import annotations

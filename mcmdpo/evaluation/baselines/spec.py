@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from mcmdpo.batch.spec import EnvStr, Spec
 
@@ -156,6 +156,12 @@ class BaselineSources(Spec):
         description="benchmark -> training file of the baselines' few-shot alt-texts "
         "(test: the [data] stage's train split)",
     )
+
+    @field_validator("examples")
+    @classmethod
+    def _absolute(cls, value: dict[str, str]) -> dict[str, str]:
+        """Relative paths start at the submit directory, as every path of a recipe."""
+        return {name: str(Path(file).expanduser().absolute()) for name, file in value.items()}
 
     @model_validator(mode="after")
     def _check_baselines(self) -> BaselineSources:
