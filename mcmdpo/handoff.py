@@ -8,8 +8,9 @@ consumer needs:
   :func:`planned_records` (record counts at planning time), :func:`precompute_shard_params`;
 - curation: the file names :data:`CURATE_DEDUPE`, :data:`CURATED`, :data:`CURATE_REPORT`,
   :func:`curated_files` (the outputs of ``curate_split``), :func:`sft_sources` (the SFT files);
-- evaluation: :func:`eval_models`, :func:`benchmark_source`, :func:`eval_shards`,
-  :func:`eval_model_dir`, :func:`stage_spec`.
+- evaluation: :data:`MODEL_STAGES`, :func:`eval_models`, :func:`eval_model_names` (with the
+  baselines), :func:`eval_job` (what an eval task generates with), :func:`baseline_key`,
+  :func:`benchmark_source`, :func:`eval_shards`.
 
 Hand-offs inside one wing live with their writer: model folders in
 :mod:`mcmdpo.method.model.folders` (``model_dir``, ``upstream_model``, ``model_fingerprint``,
@@ -22,6 +23,7 @@ Imports stay light (no torch); heavy modules are imported inside functions.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +31,11 @@ from typing import TYPE_CHECKING, Any
 from mcmdpo.batch.artifacts import read_json
 from mcmdpo.batch.errors import ConfigError, MissingInput, StateError
 from mcmdpo.batch.stage import StageSpec, TaskContext, TaskInput
-from mcmdpo.method.model.folders import MODEL_STAGES, model_dir
+from mcmdpo.method.model.folders import MODEL_STAGES, declared_mode, model_dir
+
+if TYPE_CHECKING:
+    from mcmdpo.evaluation.baselines.spec import BaselineSpec
+    from mcmdpo.evaluation.generate import GenerationJob
 
 if TYPE_CHECKING:
     from mcmdpo.method.data.sft_shards import SftSource
@@ -146,13 +152,103 @@ def eval_models(models: Sequence[str] | None, doc: Mapping[str, Any]) -> list[st
     present = [m for m, stage in MODEL_STAGES.items() if stage in doc]
     if models is None:
         if not present:
-            raise ConfigError("eval needs a model: add [model] (base), [sft] or [preference]")
+            raise ConfigError(
+                "eval needs a model: add [model] (base), [sft], [preference] or [[eval.baselines]]"
+            )
         return present
     missing = [m for m in models if m not in present]
     if missing:
         stages = ", ".join(f"[{MODEL_STAGES[m]}]" for m in missing)
         raise ConfigError(f"lists {missing} but the recipe has no {stages}", field="eval.models")
     return list(models)
+
+
+def eval_model_names(
+    models: Sequence[str] | None, baselines: Sequence[str], doc: Mapping[str, Any]
+) -> list[str]:
+    """:func:`eval_models`, then the baselines; a recipe of baselines alone needs no trained model."""
+    trained_in_doc = any(stage in doc for stage in MODEL_STAGES.values())
+    trained = [] if models is None and baselines and not trained_in_doc else eval_models(models, doc)
+    return [*trained, *baselines]
+
+
+def baseline_key(spec: Any, baseline: BaselineSpec, benchmark: str) -> dict[str, Any]:
+    """What decides a baseline's responses on ``benchmark`` (an eval task key's ``generation``)."""
+    from mcmdpo.evaluation.baselines.spec import few_shot_applies
+
+    settings = _baseline_sizes(spec, baseline)
+    examples = spec.examples.get(benchmark) if few_shot_applies(baseline, benchmark) else None
+    return {**baseline.key(), **settings, "examples": examples}
+
+
+def _baseline_sizes(spec: Any, baseline: BaselineSpec) -> dict[str, int]:
+    default_batch = baseline.api.concurrency if baseline.api is not None else spec.batch_size
+    return {
+        "max_new_tokens": baseline.max_new_tokens or spec.max_new_tokens,
+        "batch_size": baseline.batch_size or default_batch,
+    }
+
+
+def eval_job(ctx: TaskContext, spec: Any) -> GenerationJob:
+    """The model, settings and loader of one eval task: a trained model's folder, or a baseline."""
+    from mcmdpo.evaluation.generate import GenerationJob
+
+    model = ctx.params["model"]
+    if model not in MODEL_STAGES:
+        return _baseline_job(ctx, spec, spec.baseline(model))
+    from mcmdpo.evaluation.engines import generator_loader
+    from mcmdpo.evaluation.generate import generation_config
+
+    folder = eval_model_dir(ctx, model)
+    config = generation_config(spec, declared_mode(ctx))
+    load = generator_loader(config.engine)  # vllm: one clear error here when vLLM or a GPU is missing
+    return GenerationJob(str(folder), os.path.realpath(folder), config, load)
+
+
+def _baseline_job(ctx: TaskContext, spec: Any, baseline: BaselineSpec) -> GenerationJob:
+    import torch
+
+    from mcmdpo.evaluation.baselines import load_baseline
+    from mcmdpo.evaluation.baselines.checkpoints import is_local
+    from mcmdpo.evaluation.baselines.hf import resolve_dtype
+    from mcmdpo.evaluation.baselines.prompt import BaselineRun, pick_examples
+    from mcmdpo.evaluation.baselines.spec import few_shot_applies
+    from mcmdpo.evaluation.generate import GenerationJob
+
+    benchmark = ctx.params["benchmark"]
+    examples = ()
+    if few_shot_applies(baseline, benchmark):
+        examples = pick_examples(_examples_file(ctx, spec, benchmark), baseline.few_shot, ctx.seed)
+    api = baseline.api.model_dump() if baseline.api is not None else None
+    if api is not None and api["cache_dir"] is None:
+        api["cache_dir"] = str(ctx.run_dir / "llm-cache")  # shared with the judge and curation
+    cuda = torch.cuda.is_available()
+    dtype = resolve_dtype(baseline.dtype, cuda) if baseline.kind == "hf" else "n/a"
+    run = BaselineRun(
+        name=baseline.name,
+        kind=baseline.kind,
+        model=baseline.model,
+        revision=baseline.revision,
+        dtype=dtype,
+        prompt=baseline.prompt,
+        system=baseline.system,
+        examples=examples,
+        trust_remote_code=baseline.trust_remote_code,
+        api=api,
+        **_baseline_sizes(spec, baseline),
+    )
+    real = os.path.realpath(baseline.model) if is_local(baseline.model) else baseline.model
+    return GenerationJob(baseline.model, real, run, load_baseline)
+
+
+def _examples_file(ctx: TaskContext, spec: Any, benchmark: str) -> Path:
+    """The training file of ``benchmark``'s few-shot alt-texts (``test``: the data stage's train split)."""
+    if benchmark == "test" and benchmark not in spec.examples:
+        tasks = ctx.inputs.get("data")
+        if not tasks:
+            raise ConfigError("few-shot examples for benchmark 'test' come from the [data] stage")
+        return Path(split_source(tasks[0], "train")["file"])
+    return Path(spec.examples[benchmark])
 
 
 def benchmark_source(ctx: TaskContext, eval_section: Mapping[str, Any], name: str) -> dict[str, Any]:

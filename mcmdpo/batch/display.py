@@ -44,6 +44,9 @@ def plan_table(report: SubmitReport, gpu_hours: dict[str, float | None] | None =
             f"{r['nodes']}x{r['tasks_per_node']} tasks, {r['gpus_per_node']} gpu, {r['cpus_per_task']} cpu, "
         )
         res += f"{r['mem_gb']:g}G, {r['timeout_min']:g} min"
+        placed = [t for t in stage.tasks if t.resources.get("gpus_per_node")]
+        if placed:  # tasks with their own resources (a baseline too big for the stage's GPUs)
+            res += f"; {len(placed)} on {max(t.resources['gpus_per_node'] for t in placed)} gpu"
         inst = f" ({len(stage.instances)} variants)" if len(stage.instances) > 1 else ""
         hours = [] if not gpu_hours else [_hours(gpu_hours.get(stage.name))]
         cells = (

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import math
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,8 +204,8 @@ class _SlurmLauncher(_Launcher):
         self.previous = previous_jobs(self.plan.run_dir)
         self.stage_jobs: dict[str, list[str]] = {}
 
-    def executor(self, stage: PlannedStage) -> submitit.Executor:
-        res = stage.resources
+    def executor(self, stage: PlannedStage, overrides: Mapping[str, Any] | None = None) -> submitit.Executor:
+        res = {**stage.resources, **(overrides or {})}
         ex = submitit.AutoExecutor(
             folder=self.plan.paths.logs(stage.name),
             cluster="slurm",
@@ -238,15 +239,18 @@ class _SlurmLauncher(_Launcher):
         todo = [t for t in pending if t not in live]
         self.stage_jobs[stage.name] = [self.previous[t.task_id] for t in live]
         report.live = len(live)
-        if todo:
-            jobs = self.executor(stage).map_array(TaskRunner(), [payload(self.plan, t) for t in todo])
+        for group in _resource_groups(todo):  # one array per distinct set of per-task resources
+            jobs = self.executor(stage, group[0].resources).map_array(
+                TaskRunner(), [payload(self.plan, t) for t in group]
+            )
             ids = [j.job_id for j in jobs]
             self.stage_jobs[stage.name] += ids
-            self.record["jobs"].update({t.task_id: i for t, i in zip(todo, ids, strict=False)})
-            report.array_job_id = ids[0].split("_")[0]
-            report.submitted = len(todo)
-            for task in todo:
-                self.observer.task(task, "submitted", report.array_job_id)
+            self.record["jobs"].update({t.task_id: i for t, i in zip(group, ids, strict=False)})
+            array = ids[0].split("_")[0]
+            report.array_job_id = report.array_job_id or array
+            report.submitted += len(group)
+            for task in group:
+                self.observer.task(task, "submitted", array)
         self.record["stages"][stage.name] = {"array": report.array_job_id, "submitted": report.submitted}
         array = report.array_job_id or "-"
         self.observer.message(
@@ -262,6 +266,14 @@ class _SlurmLauncher(_Launcher):
 
     def _adopted(self) -> set[str]:
         return {j.split("_")[0] for j in self.previous.values()}
+
+
+def _resource_groups(tasks: Sequence[PlannedTask]) -> list[list[PlannedTask]]:
+    """``tasks`` grouped by their resource overrides (first-seen order; the common case: one group)."""
+    groups: dict[str, list[PlannedTask]] = {}
+    for task in tasks:
+        groups.setdefault(json.dumps(task.resources, sort_keys=True), []).append(task)
+    return list(groups.values())
 
 
 class _LocalLauncher(_Launcher):

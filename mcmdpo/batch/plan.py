@@ -40,6 +40,12 @@ class PlannedTask:
     params: dict[str, Any]
     inputs: dict[str, list[str]] = field(default_factory=dict)
     """Upstream stage -> the ids of the tasks this one reads, in their task order."""
+    resources: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the stage's resources for this task (``Stage.task_resources``); not in its id."""
+
+    def resources_in(self, stage: PlannedStage) -> dict[str, Any]:
+        """The stage's resources with this task's overrides."""
+        return {**stage.resources, **self.resources}
 
 
 @dataclass(frozen=True)
@@ -217,8 +223,10 @@ def _instance(
             task_id = content_hash(_task_key(stage, variant, params, inputs))
         else:
             task_id = content_hash({"instance": instance_id, "params": params})
+        resources = stage.resources_of(variant.stages[stage.name], params, planned.resources)
         tasks.append(
-            known.get(task_id) or PlannedTask(stage.name, task_id, instance_id, index, params, inputs)
+            known.get(task_id)
+            or PlannedTask(stage.name, task_id, instance_id, index, params, inputs, resources)
         )
     if len({t.task_id for t in tasks}) != len(tasks):
         raise ValueError(f"stage {stage.name}: tasks() returned repeated params")

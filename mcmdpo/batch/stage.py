@@ -73,6 +73,10 @@ class Stage:
     stale:   ``stale(task_dir, manifest) -> message | None``: whether a finished task's sources
              changed since it ran (a data file edited in place); a re-submit stops with the
              message, one line, before anything is queued.
+    task_resources: ``task_resources(spec, params, resources) -> overrides``: resources one task
+             needs beyond the stage's (e.g. more GPUs for a bigger model), given the stage's resolved
+             resources; ``{}`` when they fit. Raise a ``ConfigError`` to refuse (at validation).
+             Tasks with different overrides are submitted as separate arrays.
     """
 
     name: str
@@ -91,6 +95,11 @@ class Stage:
     resolve: Callable[[Any, Mapping[str, Any]], Any] | None = None
     uses: Callable[[Any, Mapping[str, Any]], Sequence[str]] | None = None
     stale: Callable[[Path, Mapping[str, Any]], str | None] | None = None
+    task_resources: Callable[[Any, TaskParams, Mapping[str, Any]], Mapping[str, Any]] | None = None
+
+    def resources_of(self, spec: Any, params: TaskParams, resources: Mapping[str, Any]) -> dict[str, Any]:
+        """The resource overrides of one task (``{}``: the stage's resources)."""
+        return dict(self.task_resources(spec, params, resources)) if self.task_resources else {}
 
     def used(self, spec: Any, doc: Mapping[str, Any]) -> tuple[str, ...]:
         """The stages of ``after`` read by this configuration (present in ``doc`` or not)."""

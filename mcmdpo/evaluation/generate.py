@@ -13,7 +13,9 @@ LLaVA's ``load_pretrained_model`` loads ``torch.float16``), fp32 on CPU.
 :func:`generate_items` runs the items not yet in a :class:`mcmdpo.batch.resumable.BatchLedger` batch by
 batch, so a preempted or killed task resumes after its last finished batch. The generator comes from
 a factory (:func:`generator_loader`): ``engine = "hf"`` (:func:`load_generator`) or ``"vllm"``
-(:func:`mcmdpo.evaluation.vllm_engine.load_vllm_generator`), same prompts, ledger and resume.
+(:func:`mcmdpo.evaluation.vllm_engine.load_vllm_generator`), same prompts, ledger and resume. The
+zero-shot baselines (:mod:`mcmdpo.evaluation.baselines`) run on the same loop with their own settings
+(``BaselineRun``) and generators; :class:`GenerationJob` is what an eval task hands it.
 """
 
 from __future__ import annotations
@@ -110,7 +112,29 @@ class Generator(Protocol):
     def generate(self, items: Sequence[Item]) -> list[tuple[str, int]]: ...
 
 
-GeneratorFactory = Callable[[Path, "GenerationConfig"], Generator]
+class RunSettings(Protocol):
+    """What :func:`generate_items` needs from generation settings (``GenerationConfig``, ``BaselineRun``)."""
+
+    batch_size: int
+
+    def public(self) -> dict[str, Any]: ...
+
+
+GeneratorFactory = Callable[[Any, Any], Generator]
+"""``load(model path or id, settings) -> Generator``."""
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """What one eval task generates with: the model (folder or hub id), its settings, its loader."""
+
+    model_path: str
+    """The model as recorded in predictions (a folder, or a baseline's hub id)."""
+    real_path: str
+    """What the resume key hashes: the folder's real path (a hub id as written)."""
+    settings: Any
+    """A :class:`GenerationConfig` (trained models) or a baseline's ``BaselineRun``."""
+    load: GeneratorFactory
 
 
 class BatchGenerator:
@@ -213,8 +237,8 @@ def _cuda() -> bool:
 def generate_items(
     ctx: TaskContext,
     items: Sequence[Item],
-    model_dir: Path,
-    config: GenerationConfig,
+    model_dir: Path | str,
+    config: RunSettings,
     fields: Mapping[str, Any],
     key: str,
     load: GeneratorFactory,
@@ -256,7 +280,7 @@ def generate_items(
 
 
 def _records(
-    batch: Sequence[Item], generator: Generator, config: GenerationConfig, fields: Mapping[str, Any]
+    batch: Sequence[Item], generator: Generator, config: RunSettings, fields: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     outputs = generator.generate(batch)
     return [

@@ -13,6 +13,9 @@ The metrics JSON::
      "points": [{...sweep values}], "metrics": {...}, "deviations": [...], "versions": {...},
      "samples": "<benchmark>.samples.jsonl"}
 
+A zero-shot baseline's JSON has ``"model_stage": "baseline"`` and its ``[[eval.baselines]]`` entry as
+``model_spec`` (whose ``label`` names its report row); its ``generation`` is the baseline's settings
+(prompt, examples, model id) and its ``deviations`` are the scorer's only.
 ``generation`` holds the eval settings as run (``template``, resolved ``dtype``, ``engine``, beams ...);
 ``deviations`` lists the scorer's and the generation's differences from upstream.
 ``metrics`` by kind: alt-text ``{"paper": {...}, "coco": {...}}`` (see
@@ -32,6 +35,9 @@ from mcmdpo.batch.artifacts import read_json, write_json_atomic
 from mcmdpo.batch.stage import TaskInput
 from mcmdpo.evaluation.metrics.predictions import GENERATION, PREDICTIONS
 from mcmdpo.method.model.folders import MODEL_STAGES
+
+BASELINE_STAGE = "baseline"
+"""``model_stage`` of a zero-shot baseline's metrics (no stage produced its weights)."""
 
 if TYPE_CHECKING:
     from mcmdpo.evaluation.metrics.judge import JudgeClient
@@ -110,24 +116,35 @@ def document(job: ScoreJob, kind: str, records: Sequence[Mapping[str, Any]], met
 
     first = job.shards[0].dir / GENERATION
     generation = read_json(first) if first.is_file() else {}
-    stage = MODEL_STAGES[job.model]
+    stage, spec = model_stage(job.model, recipe)
+    settings = generation.get("generation")
+    trained_deviations = generation_deviations(settings) if stage != BASELINE_STAGE else []
     return {
         "model": job.model,
         "model_stage": stage,
         "model_path": generation.get("model_dir"),
-        "model_spec": recipe.get(stage),
+        "model_spec": spec,
         "benchmark": job.benchmark,
         "kind": kind,
         "num_predictions": len(records),
-        "generation": generation.get("generation"),
+        "generation": settings,
         "eval_tasks": [t.task_id for t in job.shards],
         "limit": job.limit,
         "points": list(points),
         "metrics": metrics,
-        "deviations": sorted({*deviations, *generation_deviations(generation.get("generation"))}),
+        "deviations": sorted({*deviations, *trained_deviations}),
         "versions": versions(),
         "samples": f"{job.benchmark}.samples.jsonl",
     }
+
+
+def model_stage(model: str, recipe: Mapping[str, Any]) -> tuple[str, Any]:
+    """(stage, spec) of an evaluated model: a trained model's stage and section, or ``baseline`` and
+    its ``[[eval.baselines]]`` entry (whose ``label`` names its report row)."""
+    if model in MODEL_STAGES:
+        return MODEL_STAGES[model], recipe.get(MODEL_STAGES[model])
+    entries = (recipe.get("eval") or {}).get("baselines") or ()
+    return BASELINE_STAGE, next((b for b in entries if b.get("name") == model), None)
 
 
 def task_points(run_dir: Path, stage: str, task_id: str) -> list[dict[str, Any]]:

@@ -1,10 +1,12 @@
 """Readable row labels from the model's stage, its loss kind and its sweep values.
 
-``LLaVA-1.6 (7B)``, ``+SFT``, ``+DPO``, ``+mDPO``, ``+MCM-DPO``, ``T = 700``, ``gamma = 0.2``, ``-L_Pair``
+``LLaVA-1.6 (7B)``, ``+SFT``, ``+DPO``, ``+mDPO``, ``+MCM-DPO``, ``T = 700``, ``gamma = 0.2``, ``-L_Pair``;
+zero-shot baselines by their entry's ``label`` (``InstructBLIP (13B)``), or their name.
 
 A row shows its sweep values when it has any (the paper's sweep tables label rows ``T = 700``), else
 its model label. ``[report] labels`` overrides: keys ``base``, ``sft``, ``dpo``, ``mdpo``, ``mcmdpo``
-(model labels) or a row key ``<model>@<point>`` (e.g. ``preference@preference.loss.gamma=0.2``).
+(model labels),
+a baseline's name, or a row key ``<model>@<point>`` (e.g. ``preference@preference.loss.gamma=0.2``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ MODEL_LABELS = {
     "mcmdpo": "+MCM-DPO",
 }
 KIND_KEY = "preference.loss.kind"  # already in the model label
+BASELINE = "baseline"
+"""``model_stage`` of a zero-shot baseline (``[[eval.baselines]]``), labelled by its entry's ``label``."""
 
 
 GROUP_NAMES = {"single": "Single", "pair": "Pair", "multi": "Multi", "context": "Context"}
@@ -71,6 +75,8 @@ def row_key(file: MetricsFile) -> str:
 def model_label(file: MetricsFile, labels: Mapping[str, str]) -> str:
     """The label of the model alone (stage + loss kind)."""
     spec = file.doc.get("model_spec") or {}
+    if file.model_stage == BASELINE:  # a zero-shot baseline: its entry's label (Table 2's wording)
+        return labels.get(file.model, spec.get("label") or file.model)
     if file.model_stage == "model":
         key = "base_tiny" if spec.get("source") == "tiny" and "base" not in labels else "base"
     elif file.model_stage == "preference":

@@ -22,8 +22,8 @@ class ReportSpec(StageSpec):
     )
     labels: dict[str, str] = Field(
         default_factory=dict,
-        description="row labels: keys base, sft, dpo, mdpo, mcmdpo (model labels) or a row key "
-        "'<model>@<key>=<value>;...' (e.g. 'preference@preference.loss.gamma=0.2')",
+        description="row labels: keys base, sft, dpo, mdpo, mcmdpo (model labels), a baseline's name, "
+        "or a row key '<model>@<key>=<value>;...' (e.g. 'preference@preference.loss.gamma=0.2')",
     )
     resamples: int = Field(
         1000,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mcmdpo.report.collect import MODEL_STAGES, MetricsFile
-from mcmdpo.report.labels import model_label, row_key, row_label
+from mcmdpo.report.labels import BASELINE, model_label, row_key, row_label
 from mcmdpo.report.layouts import Column, ColumnGroup, select_columns
 from mcmdpo.report.results import BootstrapConfig, Result
 
@@ -112,8 +112,12 @@ def build_table(
 
 
 def _row_order(file: MetricsFile) -> tuple[Any, ...]:
+    """Baselines first (Table 2's layout, in recipe order: the sort is stable), then by stage, loss
+    kind and sweep values."""
     stages = list(MODEL_STAGES.values())
     stage = stages.index(file.model_stage) if file.model_stage in stages else len(stages)
+    if file.model_stage == BASELINE:
+        stage = -1
     kind = str(((file.doc.get("model_spec") or {}).get("loss") or {}).get("kind", ""))
     kinds = ("", "dpo", "mdpo", "mcmdpo")
     points = tuple((k, _sortable(v)) for k, v in sorted(file.point.items()))

@@ -11,7 +11,8 @@ reference forward is 2 (``reference_share`` = 0.25) and an SFT sample 3 (``sft_s
 Per task: ``sft``: samples x epochs x (a + 2b) x sft_share; ``preference``: samples x epochs x
 (a + b c) (x (1 - reference_share) with the offline reference); ``reference``: the shard's samples x
 (a + b c) x reference_share; ``eval``: items x ``eval_gpu_s_per_item`` x beams x max_new_tokens / 256
-(an assumption, not calibrated). CPU stages count 0. The shared log-prob engine and the offline
+(an assumption, not calibrated; a zero-shot baseline: greedy, x the GPUs its task holds; an
+endpoint: 0). CPU stages count 0. The shared log-prob engine and the offline
 reference make this project's steps cheaper than the authors' (``bench/logprobs.py``: 0.25 of the
 FLOPs for MCM-DPO), so the estimates are upper bounds until measured throughput (``bench/gpu_suite.py``
 on the cluster's GPUs) replaces the table. Record counts: demo sizes, files counted when they are
@@ -179,7 +180,13 @@ def _eval(inst: PlannedInstance, task: PlannedTask, rates: Mapping[str, Any]) ->
     else:
         items = file_records((spec.get(benchmark) or {}).get("file"), doc)
     items = min(items, spec.get("limit") or items) / int(task.params.get("num_shards", 1))
-    length = int(spec["max_new_tokens"]) / 256 * int(spec["num_beams"])
+    baseline = next((b for b in spec.get("baselines") or () if b["name"] == task.params["model"]), None)
+    if baseline is None:
+        length = int(spec["max_new_tokens"]) / 256 * int(spec["num_beams"])
+    else:  # greedy; an endpoint costs no GPU; a big model holds several GPUs
+        tokens = baseline.get("max_new_tokens") or spec["max_new_tokens"]
+        gpus = 0 if baseline["kind"] == "api" else int((task.resources or {}).get("gpus_per_node", 1))
+        length = int(tokens) / 256 * gpus
     return items * float(rates["eval_gpu_s_per_item"]) * length
 
 

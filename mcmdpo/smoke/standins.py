@@ -13,6 +13,9 @@ key or a benchmark without files fails the same way; only what is too big or too
   folder), else generated stand-ins in the same format (:mod:`mcmdpo.smoke.fixtures`: demo preference JSON
   or RLHF-V-style parquet, LLaVA conversations, upstream test JSONL);
 - ``[eval.objhal]``, ``[eval.mmhal]``, ``[eval.amber]``: generated files with a few items;
+- ``[[eval.baselines]]``: ``hf`` entries -> the tiny random model of their family (InstructBLIP,
+  Chameleon, VIP-LLaVA, Qwen2-VL, Idefics3; LLaVA-NeXT for the rest, remote-code models included),
+  ``api`` entries -> the judge stand-in below; ``[eval.examples]`` files like the data files;
 - ``[score.judge]``: a fixed-rating endpoint (:class:`mcmdpo.smoke.fixtures.FixedJudge`, every reply ends in
   ``Rating: 4``) that the smoke submit starts on 127.0.0.1 and stops when the run ends; NLTK in the
   fallback modes (``treebank`` / ``wordnet``: no punkt or tagger data needed), AMBER ``exact``;
@@ -238,6 +241,17 @@ def _eval(section: dict[str, Any], inputs: SmokeInputs, tag: str) -> None:
             file, images = _records_file(entry.get("file"), entry.get("images"), inputs,
                                          f"{tag}-{name}", TEST_RECORDS, make)  # fmt: skip
             section[name] = {"file": file, "images": images}
+    if isinstance(section.get("examples"), dict):
+        make = lambda d: fixtures.preference_files(d, TRAIN_RECORDS)  # noqa: E731
+        section["examples"] = {
+            name: _records_file(file, None, inputs, f"{tag}-examples-{name}", TRAIN_RECORDS, make)[0]
+            for name, file in section["examples"].items()
+        }
+    section["baselines"] = [
+        _baseline(b, inputs) for b in section.get("baselines") or [] if isinstance(b, dict)
+    ]
+    if not section["baselines"]:
+        section.pop("baselines")
     for name, make in BENCHMARK_FILES.items():
         if isinstance(section.get(name), dict):
             made = inputs.make(f"{tag}-{name}", make)
@@ -247,6 +261,51 @@ def _eval(section: dict[str, Any], inputs: SmokeInputs, tag: str) -> None:
                 "amber": ("data_dir", "images"),
             }
             section[name] = {k: made[k] for k in keys[name]}
+
+
+def _baseline(entry: dict[str, Any], inputs: SmokeInputs) -> dict[str, Any]:
+    """A zero-shot baseline on a stand-in: the tiny model of its family (:func:`stand_in_family`;
+    built once per smoke run), or, for an endpoint, the smoke run's fixed-reply server."""
+    out = {k: v for k, v in entry.items() if k not in ("revision", "params_b", "trust_remote_code", "dtype")}
+    if entry.get("kind", "hf") == "api":
+        out["api"] = {"base_url": inputs.judge_url, "api_key_env": "", "timeout_s": 30.0, "max_retries": 1}
+        return out
+    family = stand_in_family(str(_expanded(entry.get("model")) or ""))
+    folder = inputs.root / "baselines" / family
+    if not (folder / "config.json").is_file():
+        from mcmdpo.smoke.families import build_family
+
+        build_family(family, folder)
+    out["model"] = str(folder)
+    return out
+
+
+STAND_INS = (
+    ("instructblip", "instructblip"),
+    ("chameleon", "chameleon"),
+    ("vip-llava", "vipllava"),
+    ("vipllava", "vipllava"),
+    ("qwen2.5", "qwen2_5_vl"),
+    ("qwen2", "qwen2_vl"),
+    ("idefics", "idefics3"),
+    ("smolvlm", "idefics3"),
+)
+"""Model id fragment -> tiny family (:mod:`mcmdpo.smoke.families`); anything else: ``llava_next``."""
+
+
+def stand_in_family(model: str) -> str:
+    """The tiny family standing in for ``model`` (a local folder's own model type when it has one)."""
+    config = Path(model) / "config.json"
+    if model and config.is_file():
+        import json
+
+        from mcmdpo.smoke.families import FAMILIES
+
+        kind = json.loads(config.read_text()).get("model_type")
+        if kind in FAMILIES:
+            return str(kind)
+    lower = model.lower()
+    return next((family for needle, family in STAND_INS if needle in lower), "llava_next")
 
 
 def _score(section: dict[str, Any], inputs: SmokeInputs, tag: str) -> None:

@@ -1,15 +1,15 @@
 """Stage ``eval``: generate predictions for every (model, benchmark, shard) as GPU array tasks.
 
-Models: ``base`` (``[model]``), ``sft`` and ``preference`` (one per sweep point). A task's id hashes only
-what decides its predictions (its model task, the benchmark's files, the generation settings, its
-shard): with a preference sweep the base and SFT models are evaluated once, and changing ``[score]``
-never re-queues a generation. Each task generates its shard (``engine`` hf or vllm; batched, resumable
-through a ledger under ``.work/``) and writes ``predictions.jsonl`` and ``generation.json``.
+Models: ``base`` (``[model]``), ``sft`` and ``preference`` (one per sweep point), and the zero-shot
+``[[eval.baselines]]`` (:mod:`mcmdpo.evaluation.baselines`, docs/baselines.md). A task's id hashes only
+what decides its predictions (its model task or baseline entry, the benchmark's files, the generation
+settings, its shard): with a preference sweep the base and SFT models and the baselines are evaluated
+once, and changing ``[score]`` never re-queues a generation. Each task generates its shard (batched,
+resumable through a ledger under ``.work/``) and writes ``predictions.jsonl`` and ``generation.json``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ from mcmdpo import handoff
 from mcmdpo.batch.errors import ConfigError
 from mcmdpo.batch.spec import reject_moved
 from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.evaluation.baselines.spec import BaselineSources
 from mcmdpo.evaluation.benchmarks.sources import BenchmarkSources
 from mcmdpo.evaluation.generate import GenerationConfig
 from mcmdpo.evaluation.metrics.predictions import GENERATION, PREDICTIONS
@@ -29,7 +30,7 @@ MOVED_TO_SCORE = {"": ("protocols", "nltk", "judge"), "objhal": ("extractor", "s
                   "amber": ("similarity", "spacy_model", "threshold")}  # fmt: skip
 
 
-class EvalSpec(StageSpec, BenchmarkSources):
+class EvalSpec(StageSpec, BenchmarkSources, BaselineSources):
     """``[eval]``: which models and benchmarks, and how to generate (scoring settings: ``[score]``)."""
 
     models: tuple[Literal["base", "sft", "preference"], ...] | None = Field(
@@ -67,8 +68,8 @@ class EvalSpec(StageSpec, BenchmarkSources):
 
 
 def eval_tasks(spec: EvalSpec, recipe: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One task per (model, benchmark, shard)."""
-    models = handoff.eval_models(spec.models, recipe)
+    """One task per (model, benchmark, shard); the baselines after the trained models."""
+    models = handoff.eval_model_names(spec.models, [b.name for b in spec.baselines], recipe)
     if "test" in spec.benchmarks and "data" not in recipe:
         raise ConfigError(
             "benchmark 'test' reads the [data] stage's test split: add [data]", field="eval.benchmarks"
@@ -85,17 +86,20 @@ def eval_consumes(params: Mapping[str, Any], stage: str, upstream: Mapping[str, 
     """Its model's task, the base model's ``model.json`` (image mode), the data stage for ``test``."""
     if stage == "data":
         return params["benchmark"] == "test"
-    return stage in ("model", folders.MODEL_STAGES[params["model"]])
+    trained = folders.MODEL_STAGES.get(params["model"])
+    return trained is not None and stage in ("model", trained)
 
 
 def eval_key(spec: EvalSpec, params: Mapping[str, Any], doc: Mapping[str, Any]) -> dict[str, Any]:
     """What decides a shard's predictions besides its inputs: generation settings, files, limit."""
     section = doc["eval"]
-    return {
-        "generation": {k: section[k] for k in GenerationConfig.field_names()},
-        "source": section.get(params["benchmark"]),
-        "limit": section["limit"],
-    }
+    baseline = spec.baseline(params["model"])
+    generation = (
+        {k: section[k] for k in GenerationConfig.field_names()}
+        if baseline is None
+        else handoff.baseline_key(spec, baseline, params["benchmark"])
+    )
+    return {"generation": generation, "source": section.get(params["benchmark"]), "limit": section["limit"]}
 
 
 def run_eval(ctx: TaskContext) -> list[str]:
@@ -103,30 +107,25 @@ def run_eval(ctx: TaskContext) -> list[str]:
     from mcmdpo.batch.artifacts import content_hash, write_json_atomic
     from mcmdpo.batch.resumable import mark_complete, reusable
     from mcmdpo.evaluation.benchmarks import read_items, shard_items
-    from mcmdpo.evaluation.engines import generator_loader
-    from mcmdpo.evaluation.generate import generate_items, generation_config
+    from mcmdpo.evaluation.generate import generate_items
     from mcmdpo.evaluation.metrics.predictions import write_predictions
     from mcmdpo.evaluation.readiness import require_assets
 
     spec: EvalSpec = ctx.spec
     p = ctx.params
     require_assets(spec, handoff.stage_spec(ctx.recipe, "score"), [p["benchmark"]])  # before loading a model
-    model_dir = handoff.eval_model_dir(ctx, p["model"])
+    job = handoff.eval_job(ctx, spec)  # vllm: one clear error here when vLLM or a GPU is missing
     source = handoff.benchmark_source(ctx, ctx.recipe["eval"], p["benchmark"])
     items = shard_items(read_items(p["benchmark"], source, spec.limit), p["shard"], p["num_shards"])
-    config = generation_config(spec, folders.declared_mode(ctx))
-    load = generator_loader(config.engine)  # vllm: one clear error here when vLLM or a GPU is missing
-    info = {**p, "model_dir": str(model_dir), "source": source, "generation": config.public()}
-    key = content_hash(
-        {**info, "model_dir": os.path.realpath(model_dir), "limit": spec.limit, "version": VERSION}
-    )
+    info = {**p, "model_dir": job.model_path, "source": source, "generation": job.settings.public()}
+    key = content_hash({**info, "model_dir": job.real_path, "limit": spec.limit, "version": VERSION})
     ctx.summary.update(items=len(items), generation_key=key)
     outputs = [PREDICTIONS, GENERATION]
     if (done := reusable(ctx.work_dir, ctx.out_dir, key)) is not None:
         ctx.summary.update(done["summary"])
     else:
-        fields = {"model": p["model"], "model_path": str(model_dir), "benchmark": p["benchmark"]}
-        records, stats = generate_items(ctx, items, model_dir, config, fields, key, load)
+        fields = {"model": p["model"], "model_path": job.model_path, "benchmark": p["benchmark"]}
+        records, stats = generate_items(ctx, items, job.model_path, job.settings, fields, key, job.load)
         write_predictions(ctx.out_dir / PREDICTIONS, records)
         write_json_atomic(ctx.out_dir / GENERATION, {**info, "key": key, **stats})
         ctx.summary.update({k: v for k, v in stats.items() if k in ("generated_tokens", "tokens_per_s")})
@@ -146,5 +145,6 @@ STAGE = register(
         version=VERSION,
         consumes=eval_consumes,
         key=eval_key,
+        task_resources=EvalSpec.placement,  # a baseline too big for one GPU gets several, or is refused
     )
 )

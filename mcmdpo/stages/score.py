@@ -50,7 +50,8 @@ def score_tasks(spec: ScoreSpec, doc: Mapping[str, Any]) -> list[dict[str, Any]]
         raise ConfigError(
             f"{', '.join(needing)} need(s) an LLM judge: add [score.judge]", field="score.judge"
         )
-    models = handoff.eval_models(section.get("models"), doc)
+    baselines = [b["name"] for b in section.get("baselines") or ()]
+    models = handoff.eval_model_names(section.get("models"), baselines, doc)
     return [{"model": m, "benchmark": b} for m in models for b in section["benchmarks"]]
 
 

@@ -25,7 +25,7 @@ CLI = [sys.executable, "-m", "mcmdpo"]
 COMMON = {"data": (1, 1), "model": (1, 1), "sft_data": (1, 8), "report": (1, 1)}
 EXPECTED = {
     "table2": {**COMMON, "data": (2, 2), "precompute": (4, 16), "sft": (1, 1), "reference": (4, 16),
-               "preference": (6, 6), "eval": (6, 2 * (1 + 1 + 6)), "score": (6, 16)},
+               "preference": (6, 6), "eval": (6, 2 * (1 + 1 + 6 + 8)), "score": (6, 32)},  # 8 baselines
     "table3": {**COMMON, "sft_data": (2, 8), "precompute": (1, 4), "sft": (2, 2), "reference": (2, 8),
                "preference": (8, 8), "eval": (8, 1 + 2 + 8), "score": (8, 11)},
     "table5": {**COMMON, "precompute": (5, 20), "sft": (1, 1), "reference": (5, 20), "preference": (5, 5),
@@ -103,6 +103,34 @@ def test_table2_mdpo_rows_train_on_mdpo_crop_and_mcmdpo_on_the_upstream_form(pap
     assert ("mcmdpo", "upstream", "diffusion") in seen and ("mdpo", "upstream", "mdpo_crop") in seen
     evals = stages["eval"].instances
     assert {(i.spec["num_beams"], i.spec["template"]) for i in evals} == {(3, "llava_v1")}
+
+
+TABLE2_BASELINES = [
+    "InstructBLIP (13B)",
+    "Chameleon",
+    "Qwen-VL-Chat (9.6B)",
+    "MiniCPM-V 2.0 (2.8B)",
+    "MiniCPM-Llama3-V 2.5 (8B)",
+    "LLaVA-NEXT-Vicuna (13B)",
+    "LLaVA-NEXT (34B)",
+    "VIP-LLaVA (13B)",
+]
+
+
+def test_table2_baselines_leave_the_llava_task_ids_alone(paper_env):
+    """The eight zero-shot rows (the paper's labels) add 16 eval and 16 score tasks and change no
+    other task; each fits one 80 GB GPU of the a100 profile; they read no upstream task."""
+    full = load_recipe(PAPER / "table2.toml")
+    assert [b["label"] for b in full.doc["eval"]["baselines"]] == TABLE2_BASELINES
+    bare = build_plan(load_recipe(PAPER / "table2.toml", transform=lambda doc: doc["eval"].pop("baselines")))
+    plan = build_plan(full)
+    for stage in ("data", "model", "sft", "preference", "eval", "score"):
+        llava = {t.task_id for t in bare.stage(stage).tasks}
+        assert llava <= {t.task_id for t in plan.stage(stage).tasks}, stage
+    extra = [
+        t for t in plan.stage("eval").tasks if t.task_id not in {x.task_id for x in bare.stage("eval").tasks}
+    ]
+    assert len(extra) == 16 and all(t.inputs == {} and t.resources == {} for t in extra)
 
 
 def test_dry_run_json_counts_instances_and_gpu_hours(paper_env):

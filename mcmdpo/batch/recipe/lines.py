@@ -23,6 +23,7 @@ def split_key(text: str) -> list[str]:
 
 def key_lines(text: str) -> dict[str, int]:
     lines: dict[str, int] = {}
+    tables: dict[str, int] = {}
     prefix: list[str] = []
     depth = 0
     in_string: str | None = None
@@ -38,6 +39,8 @@ def key_lines(text: str) -> dict[str, int]:
         if header and "=" not in line.split("#")[0]:
             prefix = split_key(header.group(1))
             lines.setdefault(".".join(prefix), number)
+            prefix = _indexed(prefix, tables, line.lstrip().startswith("[["))
+            lines.setdefault(".".join(prefix), number)
             continue
         key = _KEY.match(line)
         if not key:
@@ -49,6 +52,20 @@ def key_lines(text: str) -> dict[str, int]:
                 in_string = quote
         depth = max(0, _bracket_delta(rest))
     return lines
+
+
+def _indexed(prefix: list[str], tables: dict[str, int], array: bool) -> list[str]:
+    """Entry ``k`` of an array of tables is ``<name>.<k>`` (pydantic's error location), its sub-tables
+    ``<name>.<k>.<sub>``; ``tables`` counts the entries seen so far."""
+    if array:
+        name = ".".join(prefix)
+        tables[name] = tables.get(name, -1) + 1
+        return [*prefix, str(tables[name])]
+    for cut in range(len(prefix) - 1, 0, -1):
+        name = ".".join(prefix[:cut])
+        if name in tables:
+            return [*prefix[:cut], str(tables[name]), *prefix[cut:]]
+    return prefix
 
 
 def _bracket_delta(text: str) -> int:

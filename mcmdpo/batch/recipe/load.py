@@ -126,8 +126,9 @@ def load_recipe(
 def _check_tasks(
     variants: Sequence[Recipe], registry: Mapping[str, Stage], source: _Source, problems: list[Problem]
 ) -> None:
-    """Run every stage's ``tasks()`` now: errors that need the whole recipe (an offline reference
-    without ``[reference]``, an unreadable data file a shard count needs) fail at validation."""
+    """Run every stage's ``tasks()`` (and ``task_resources()``) now: errors that need the whole recipe
+    (an offline reference without ``[reference]``, an unreadable data file a shard count needs, a
+    model too big for the profile's GPUs) fail at validation."""
     for variant in variants:
         source.swept = {key: f"sweep.{key}" for key in variant.point}
         for name, spec in variant.stages.items():
@@ -135,8 +136,15 @@ def _check_tasks(
                 problem = source.problem(f"{name}.{key}", why)
                 if problem not in problems:  # once, not once per sweep point
                     problems.append(problem)
+            stage = registry[name]
             try:
-                registry[name].tasks(spec, variant.doc)
+                tasks = stage.tasks(spec, variant.doc)
+                if stage.task_resources is not None:
+                    resources = profiles.resolve_resources(
+                        variant.profile, variant.cluster.resources, name, stage.kind
+                    ).model_dump()
+                    for params in tasks:
+                        stage.resources_of(spec, params, resources)
             except McmdpoError as exc:
                 problems.append(source.problem(exc.field or name, exc.render(field=False)))
             except ValueError as exc:
@@ -291,8 +299,9 @@ def _problems(exc: ValidationError, section: str, model: type[BaseModel], source
             message = did_you_mean(loc[-1], _fields_at(model, loc[:-1]))
         elif err["type"] == "missing":
             message = "required field is missing"
-        else:
-            message = f"{err['msg'][:1].lower()}{err['msg'][1:]} (got {err.get('input')!r})"
+        else:  # a whole table's input (a model-level check) would not fit on the line: left out
+            got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
+            message = f"{err['msg'][:1].lower()}{err['msg'][1:]}{got}"
         out.append(source.problem(key, message))
     return out
 
