@@ -344,19 +344,31 @@ def _loaded(recipe: Path, overrides: list[str], smoke: bool, dry_run: bool):  # 
 
 
 def _print_dry_run(report, loaded, as_json: bool) -> None:  # noqa: ANN001
+    from mcmdpo.batch.memory import plan_memory
+    from mcmdpo.batch.stage import load_plugins
     from mcmdpo.smoke.cost import estimate_cost, with_cost
 
     estimate = estimate_cost(report.plan, loaded.profile)
+    needs = plan_memory(report.plan, load_plugins(loaded.run.plugins))
     if as_json:
-        sys.stdout.write(json.dumps(with_cost(report.plan.to_json(), estimate), indent=2) + "\n")
+        plan = with_cost(report.plan.to_json(), estimate)
+        for stage in plan["stages"]:
+            stage["memory_gib"] = [{"point": p, "gib": round(n.gib, 2), "plan": n.summary}
+                                   for p, n in needs.get(stage["name"], [])]  # fmt: skip
+        sys.stdout.write(json.dumps(plan, indent=2) + "\n")
         return
     from mcmdpo.batch import display
 
-    out.print(display.plan_table(report, estimate.stages))
+    resources = {s.name: s.resources for s in report.plan.stages}
+    out.print(display.plan_table(report, estimate.stages, display.memory_cells(needs, resources)))
     total = "unknown" if estimate.total is None else f"{estimate.total:,.1f}"
     out.print(Text(f"GPU-hours: {total} ({estimate.calibration})"))
     for note in estimate.notes:
         out.print(Text(f"  {note}"))
+    if needs:
+        out.print(Text("GPU memory per task and rank, GiB (mcmdpo rehearse measures activations):"))
+        for line in display.memory_lines(needs):
+            out.print(Text(line))
     out.print(Text(f"dry run: nothing submitted; run dir would be {report.plan.run_dir}"))
 
 

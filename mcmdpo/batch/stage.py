@@ -70,6 +70,9 @@ class Stage:
              (default: all of them). A stage whose inputs depend on its settings declares them here
              (``[sft] data = "files"`` reads ``sft_data``, not ``precompute``), so that sweep points
              over stages it does not read share its instance.
+    memory:  ``memory(spec, doc, world) -> MemoryNeed | None``: the GPU memory of one task on a rank
+             of a ``world``-rank job (:mod:`mcmdpo.batch.memory`); checked against the profile's
+             ``gpu_mem_gb`` at validation and shown by ``--dry-run``.
     """
 
     name: str
@@ -87,6 +90,7 @@ class Stage:
     gather: bool = False
     resolve: Callable[[Any, Mapping[str, Any]], Any] | None = None
     uses: Callable[[Any, Mapping[str, Any]], Sequence[str]] | None = None
+    memory: Callable[[Any, Mapping[str, Any], int], Any] | None = None
 
     def used(self, spec: Any, doc: Mapping[str, Any]) -> tuple[str, ...]:
         """The stages of ``after`` read by this configuration (present in ``doc`` or not)."""

@@ -1,11 +1,9 @@
 """Stage ``eval``: generate predictions for every (model, benchmark, shard) as GPU array tasks.
 
-Models: ``base`` (``[model]``), ``sft`` and ``preference`` (one per sweep point). A task's id hashes only
-what decides its predictions (its model task, the benchmark's files, the generation settings, its
-shard): with a preference sweep the base and SFT models are evaluated once, and changing ``[score]``
-never re-queues a generation. Each task generates its shard (``engine`` hf or vllm; batched, resumable
-through a ledger under ``.work/``) and writes ``predictions.jsonl`` and ``generation.json``.
-"""
+Models: ``base`` (``[model]``), ``sft``, ``preference`` (one per sweep point). A task id hashes only what
+decides its predictions (model task, benchmark files, generation settings, shard): the base and SFT
+models are evaluated once per sweep, and ``[score]`` never re-queues a generation. A task generates its
+shard (hf or vllm; batched, resumable) into ``predictions.jsonl`` and ``generation.json``."""
 
 from __future__ import annotations
 
@@ -22,6 +20,7 @@ from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
 from mcmdpo.evaluation.benchmarks.sources import BenchmarkSources
 from mcmdpo.evaluation.generate import GenerationConfig
 from mcmdpo.evaluation.metrics.predictions import GENERATION, PREDICTIONS
+from mcmdpo.method.memory_plan import memory_hook
 from mcmdpo.method.model import folders
 
 VERSION = 2  # 2: dtype auto = float16 on GPU, llava_v1 template, engine
@@ -143,6 +142,7 @@ STAGE = register(
         tasks=eval_tasks,
         checkpointable=True,
         kind="gpu",
+        memory=memory_hook("eval"),
         version=VERSION,
         consumes=eval_consumes,
         key=eval_key,

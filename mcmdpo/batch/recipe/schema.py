@@ -80,6 +80,9 @@ class ResourceSpec(Section):
     signal_delay_s: int | None = Field(None, ge=0, description="USR2 this long before the limit")
     max_requeues: int | None = Field(None, ge=0, description="timeouts/preemptions before giving up")
     array_parallelism: int | None = Field(None, ge=1, description="array tasks running at once")
+    gpu_mem_gb: float | None = Field(
+        None, gt=0, description="memory of one GPU (GiB): GPU tasks planned above it fail validation"
+    )
 
 
 RESOURCE_DEFAULTS = ResourceSpec(

@@ -125,11 +125,23 @@ class ModelSpec(StageSpec):
         if self.source == "config":
             return with_depth(read_config(str(self.config)), self.layers, self.vision_layers)
         if self.source == "path":
-            try:
-                return read_config(str(self.path))
-            except (OSError, ValueError):
-                return None
+            return _folder_config(str(self.path))
         return tiny_architecture(self)
+
+
+def _folder_config(folder: str) -> dict[str, Any] | None:
+    """The folder's config.json when it has the sizes, else the shipped config of the same name (a
+    folder named ``llava-v1.6-vicuna-7b-hf``), else None."""
+    from mcmdpo.method.model.architecture import read_config, shipped_match
+
+    try:
+        raw = read_config(folder)
+        if {"text_config", "vision_config"} <= set(raw) and "hidden_size" in raw["text_config"]:
+            return raw
+    except (OSError, ValueError):
+        pass
+    name = shipped_match(folder)
+    return None if name is None else read_config(name)
 
 
 def _check_tiny(spec: ModelSpec) -> None:
