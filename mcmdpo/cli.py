@@ -103,6 +103,31 @@ def submit(
     _finish(report, smoke)
 
 
+@app.command()
+def rehearse(
+    recipe: RecipeArg,
+    set_: SetOpt = None,  # type: ignore[assignment]
+    smoke: Annotated[bool, typer.Option("--smoke", help="stand-in data files (paper recipes)")] = False,
+    cpu: Annotated[
+        bool, typer.Option("--cpu/--no-cpu", help="also one real step per stage on the CPU (slow at 7B)")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
+) -> None:
+    """One real-shape step of every GPU stage at 1-2 layers: pass/fail, tokens, measured activations,
+    memory plan per task (written to <run dir>/rehearsal.json for --dry-run and validation)."""
+    from mcmdpo.smoke.rehearsal import rehearse_recipe, report_lines
+
+    report = rehearse_recipe(recipe, set_ or [], smoke, cpu, log=lambda line: err.print(Text(line)))
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        for line in report_lines(report):
+            out.print(Text(line))
+        out.print(Text(f"written: {report['file']}"))
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
 def _stages(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 

@@ -175,7 +175,9 @@ def model_states(s: TrainSetup) -> dict[str, float]:
         optimizer = 0.0
     if s.offload_param and s.zero_stage >= 3:
         weights = 0.0
-    buckets = {**DS_DEFAULTS, **s.buckets}
+    buckets = {
+        k: min(v, s.arch.params) for k, v in {**DS_DEFAULTS, **s.buckets}.items()
+    }  # never above the model
     if s.zero_stage >= 3:
         buffers = e * (buckets["reduce_bucket_size"] + buckets["stage3_prefetch_bucket_size"])
         buffers += 2 * e * s.arch.largest_module
