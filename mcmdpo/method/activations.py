@@ -1,10 +1,12 @@
 """Counting the activation bytes autograd keeps for backward, on any device (``meta`` included).
 
 :class:`SavedBytes` registers ``torch.autograd.graph.saved_tensors_hooks`` and, read right after the
-forward pass, adds up the bytes of the distinct storages saved for backward that are still alive
-(what a graph branch the loss does not use saved is freed with it: the vision tower's unused last
-layer), leaving out the parameters (a linear layer saves its weight; not an activation) and counting
-a storage saved by several ops (a mask shared by every layer, views of one tensor) once.
+forward pass, adds up the bytes of the distinct storages saved for backward that are still alive,
+leaving out the parameters (a linear layer saves its weight; not an activation) and counting a
+storage saved by several ops (a mask shared by every layer, views of one tensor) once. What a graph
+branch the loss does not use saved is freed with it, except what such a branch saved as an op's own
+output (a reference cycle through the hook): at LLaVA-1.6 some tensors of the vision tower's unused
+last layer, counted although a GPU frees them.
 Non-reentrant gradient checkpointing saves through hooks of its own and keeps each checkpointed
 layer's inputs alive instead: with ``layers`` given, the tensor
 inputs of those modules are counted as kept.
@@ -21,6 +23,7 @@ packed sequences and checks placeholder counts by value); the rehearsal checks p
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import weakref
 from collections.abc import Iterable, Iterator
@@ -50,6 +53,7 @@ class SavedBytes:
     @property
     def total(self) -> int:
         """Bytes of the distinct live saved storages (read before backward, which frees them)."""
+        gc.collect()  # packed outputs of dead branches form cycles (tensor -> grad_fn -> saved tensor)
         exclude = {storage_key(p) for p in self.model.parameters()}
         live = [t for ref in self.saved if (t := ref()) is not None]
         sizes = {storage_key(t): storage_bytes(t) for t in live}
