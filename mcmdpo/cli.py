@@ -391,7 +391,8 @@ def _print_dry_run(report, loaded, as_json: bool) -> None:  # noqa: ANN001
     for note in estimate.notes:
         out.print(Text(f"  {note}"))
     if needs:
-        out.print(Text("GPU memory per task and rank, GiB (mcmdpo rehearse measures activations):"))
+        basis = "analytic = HF Llama/CLIP layers, fused attention, assumed lengths (docs/rehearsal.md)"
+        out.print(Text(f"GPU memory per task and rank, GiB; {basis}; measured = `mcmdpo rehearse`:"))
         for line in display.memory_lines(needs):
             out.print(Text(line))
     out.print(Text(f"dry run: nothing submitted; run dir would be {report.plan.run_dir}"))

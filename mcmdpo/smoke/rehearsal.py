@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mcmdpo.batch.memory import world_size
 from mcmdpo.method.memory import GiB, Tokens, TrainSetup, training_plan
 from mcmdpo.method.memory_plan import rehearsal_key, task_memory, train_setup, write_rehearsal
 from mcmdpo.smoke import rehearsal_data as data
@@ -99,7 +100,7 @@ class Rehearsal:
 
     def _plans(self, result: Result, stage: str, spec: Any, doc: Mapping[str, Any],
                resources: Mapping[str, Any], tokens: Tokens, activations: Any) -> None:  # fmt: skip
-        world = int(resources.get("nodes") or 1) * int(resources.get("tasks_per_node") or 1)
+        world = world_size(resources)
         setup: TrainSetup = train_setup(stage, spec, self.family(doc).arch, world, tokens, None)
         setup = replace(setup, activations=activations)
         for name, on in (("checkpointing", True), ("no checkpointing", False)):
