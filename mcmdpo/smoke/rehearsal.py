@@ -61,6 +61,7 @@ class Rehearsal:
         self.families: dict[str, steps.Family] = {}
         self.sets: dict[str, data.PreferenceSet] = {}
         self.cpu_done: dict[str, dict[str, Any]] = {}
+        self.measured: dict[str, Any] = {}
 
     def family(self, doc: Mapping[str, Any]) -> steps.Family:
         key = repr((doc.get("model"), doc.get("data")))
@@ -84,7 +85,7 @@ class Rehearsal:
             step = STEP_BUILDERS[stage](self, spec, doc, family)
             result.per_sample = step.per_sample
             if step.training:
-                activations = steps.measure(family, spec, step.probe or step.run, step.tokens)
+                activations = self.measure(family, spec, step)
                 result.measured = _per_layer(activations)
                 self._plans(result, stage, spec, doc, resources, step.tokens, activations)
             else:
@@ -97,6 +98,13 @@ class Rehearsal:
             self.log(traceback.format_exc())
         result.gpu_gib = resources.get("gpu_mem_gb")
         return result
+
+    def measure(self, family: steps.Family, spec: Any, step: Step) -> Any:
+        """Per-layer bytes on ``meta``, once per (model, shape signature)."""
+        key = f"{id(family)} {step.signature}"
+        if key not in self.measured:
+            self.measured[key] = steps.measure(family, spec, step.probe or step.run, step.tokens)
+        return self.measured[key]
 
     def _plans(self, result: Result, stage: str, spec: Any, doc: Mapping[str, Any],
                resources: Mapping[str, Any], tokens: Tokens, activations: Any) -> None:  # fmt: skip

@@ -87,9 +87,8 @@ def preference_step(rehearsal: Any, spec: Any, doc: Mapping[str, Any], family: A
     batch = objective.load(indices)
     tokens = preference_tokens(family.arch, batch.tokens, loss.conditions, spec.engine)
     report = _report(sets, sets.source, loss.conditions, spec.micro_batch_size)
-    signature = (
-        f"preference {spec.engine} {loss.conditions} {tokens} {spec.precision} {spec.gradient_checkpointing}"
-    )
+    settings = (spec.engine, spec.loss.kind, spec.precision, spec.gradient_checkpointing, spec.vision_tower)
+    signature = f"preference {loss.conditions} {tokens} {settings}"
     mode = sets.source.mode
 
     def probe(model: Any) -> Any:  # PreferenceObjective.loss without its metric sums
