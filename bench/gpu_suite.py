@@ -9,6 +9,8 @@ Parts, in this order (each prints one JSON line as soon as it is done; see ``ben
 - ``flex_check``: flex vs SDPA, fp32 log-probs and gradients (<= 1e-5) and bf16 relative error;
 - ``memory``: memory per sample, shared vs naive, and the largest SFT / MCM-DPO micro-batch under an
   A100-80GB cap (gradient checkpointing);
+- ``plan``: the memory plan of ``mcmdpo rehearse`` / ``--dry-run`` (activations measured on meta)
+  against ``torch.cuda.max_memory_allocated`` of one SFT, preference and reference step (target 15%);
 - ``generation``: the eval stage's HF generation, batch 1 (upstream's loop) vs batched;
 - ``train``: real MCM-DPO steps through the project's trainer (DeepSpeed ZeRO-2, ~1.25B model);
 - ``vllm``: HF vs vLLM on 50 items (skipped, with the reason, where vLLM is not installed).
@@ -53,7 +55,7 @@ from bench import logprobs as _flops_bench  # noqa: E402,F401
 from bench.gpu import common  # noqa: E402
 
 EXIT_NO_CUDA = 2
-PARTS = ("setup", "logprob", "flex_check", "memory", "generation", "train", "vllm")
+PARTS = ("setup", "logprob", "flex_check", "memory", "plan", "generation", "train", "vllm")
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Settings:
             "logprob": 90,
             "flex_check": 60,
             "memory": 90,
+            "plan": 60,
             "generation": 40,
             "train": 120,
             "vllm": 150,
@@ -263,6 +266,14 @@ def part_memory(suite: Suite) -> dict[str, Any]:
     return {"per_sample": per_sample, "micro_batch": search}
 
 
+def part_plan(suite: Suite) -> dict[str, Any]:
+    from bench.gpu.plan import plan_vs_measured
+
+    s = suite.settings
+    reference_batch = 8 if s.device.startswith("cuda") else 2
+    return plan_vs_measured(suite.model(), suite.shape(), s.device, s.batch_size, reference_batch)
+
+
 def part_generation(suite: Suite) -> dict[str, Any]:
     from bench.gpu.generation import measure_generation
 
@@ -308,6 +319,7 @@ PART_FUNCTIONS: dict[str, Callable[[Suite], dict[str, Any]]] = {
     "logprob": part_logprob,
     "flex_check": part_flex_check,
     "memory": part_memory,
+    "plan": part_plan,
     "generation": part_generation,
     "train": part_train,
     "vllm": part_vllm,
@@ -327,6 +339,7 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "flex_fp32_max_abs_diff": ("flex vs sdpa fp32, max abs diff (log-probs, gradients)", "<=", 1e-5),
     "flex_bf16_rel_logp_diff": ("flex vs sdpa bf16, relative log-prob diff", "<=", 1e-2),
     "memory_per_sample_ratio": ("memory per sample, shared (flex) / naive", "<=", 0.40),
+    "plan_max_abs_error": ("memory plan vs max_memory_allocated, largest relative error", "<=", 0.15),
     "generation_speedup": ("HF batched / batch-1 generation, tokens/s", ">=", 8.0),
     "vllm_speedup": ("vLLM / HF batch-1 generation, tokens/s", ">=", 20.0),
     "train_outside_share": ("trainer step share outside fwd+bwd+update", "<=", 0.10),
@@ -356,6 +369,7 @@ def figures(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "flex_fp32_max_abs_diff": max(fp32["max_abs_logp_diff"], fp32["max_abs_grad_diff"]) if fp32 else None,
         "flex_bf16_rel_logp_diff": check.get("bf16", {}).get("rel_logp_diff"),
         "memory_per_sample_ratio": shared.get("ratio_vs_naive"),
+        "plan_max_abs_error": records.get("plan", {}).get("max_abs_error"),
         "largest_micro_batch_sft": memory.get("micro_batch", {}).get("sft", {}).get("largest"),
         "largest_micro_batch_mcmdpo": memory.get("micro_batch", {}).get("mcmdpo", {}).get("largest"),
         "generation_speedup": records.get("generation", {}).get("speedup_batched_vs_batch1"),

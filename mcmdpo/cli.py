@@ -105,6 +105,31 @@ def submit(
     _finish(report, smoke)
 
 
+@app.command()
+def rehearse(
+    recipe: RecipeArg,
+    set_: SetOpt = None,  # type: ignore[assignment]
+    smoke: Annotated[bool, typer.Option("--smoke", help="stand-in data files (paper recipes)")] = False,
+    cpu: Annotated[
+        bool, typer.Option("--cpu/--no-cpu", help="also one real step per stage on the CPU (slow at 7B)")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
+) -> None:
+    """One real-shape step of every GPU stage at 1-2 layers: pass/fail, tokens, measured activations,
+    memory plan per task (written to <run dir>/rehearsal.json for --dry-run and validation)."""
+    from mcmdpo.smoke.rehearsal import rehearse_recipe, report_lines
+
+    report = rehearse_recipe(recipe, set_ or [], smoke, cpu, log=lambda line: err.print(Text(line)))
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        for line in report_lines(report):
+            out.print(Text(line))
+        out.print(Text(f"written: {report['file']}"))
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
 def _stages(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
@@ -430,19 +455,32 @@ def _loaded(recipe: Path, overrides: list[str], smoke: bool, dry_run: bool):  # 
 
 
 def _print_dry_run(report, loaded, as_json: bool) -> None:  # noqa: ANN001
+    from mcmdpo.batch.memory import plan_memory
+    from mcmdpo.batch.stage import load_plugins
     from mcmdpo.smoke.cost import estimate_cost, with_cost
 
     estimate = estimate_cost(report.plan, loaded.profile)
+    needs = plan_memory(report.plan, load_plugins(loaded.run.plugins))
     if as_json:
-        sys.stdout.write(json.dumps(with_cost(report.plan.to_json(), estimate), indent=2) + "\n")
+        plan = with_cost(report.plan.to_json(), estimate)
+        for stage in plan["stages"]:
+            stage["memory_gib"] = [{"point": p, "gib": round(n.gib, 2), "plan": n.summary}
+                                   for p, n in needs.get(stage["name"], [])]  # fmt: skip
+        sys.stdout.write(json.dumps(plan, indent=2) + "\n")
         return
     from mcmdpo.batch import display
 
-    out.print(display.plan_table(report, estimate.stages))
+    resources = {s.name: s.resources for s in report.plan.stages}
+    out.print(display.plan_table(report, estimate.stages, display.memory_cells(needs, resources)))
     total = "unknown" if estimate.total is None else f"{estimate.total:,.1f}"
     out.print(Text(f"GPU-hours: {total} ({estimate.calibration})"))
     for note in estimate.notes:
         out.print(Text(f"  {note}"))
+    if needs:
+        basis = "analytic = HF Llama/CLIP layers, fused attention, assumed lengths (docs/rehearsal.md)"
+        out.print(Text(f"GPU memory per task and rank, GiB; {basis}; measured = `mcmdpo rehearse`:"))
+        for line in display.memory_lines(needs):
+            out.print(Text(line))
     out.print(Text(f"dry run: nothing submitted; run dir would be {report.plan.run_dir}"))
 
 

@@ -33,10 +33,15 @@ def _row(*cells: Any) -> list[Text]:
     return [c if isinstance(c, Text) else Text(str(c)) for c in cells]
 
 
-def plan_table(report: SubmitReport, gpu_hours: dict[str, float | None] | None = None) -> Table:
+def plan_table(
+    report: SubmitReport,
+    gpu_hours: dict[str, float | None] | None = None,
+    memory: dict[str, str] | None = None,
+) -> Table:
     """Stages with their task counts, what is done, what runs, resources, dependencies (and the
-    estimated GPU-hours of a dry run)."""
-    columns = ("stage", "tasks", "done", "to run", "resources", "after", *(["GPU-h"] if gpu_hours else []))
+    estimated GPU-hours and GPU memory per task of a dry run)."""
+    extra = [*(["GPU-h"] if gpu_hours else []), *(["GiB/GPU"] if memory else [])]
+    columns = ("stage", "tasks", "done", "to run", "resources", "after", *extra)
     table = _table(f"plan: {report.plan.run_name}", columns)
     for stage, rep in zip(report.plan.stages, report.stages, strict=False):
         r = stage.resources
@@ -49,6 +54,7 @@ def plan_table(report: SubmitReport, gpu_hours: dict[str, float | None] | None =
             res += f"; {len(placed)} on {max(t.resources['gpus_per_node'] for t in placed)} gpu"
         inst = f" ({len(stage.instances)} variants)" if len(stage.instances) > 1 else ""
         hours = [] if not gpu_hours else [_hours(gpu_hours.get(stage.name))]
+        hours += [] if not memory else [memory.get(stage.name, "-")]
         cells = (
             stage.name,
             f"{rep.total}{inst}",
@@ -59,6 +65,29 @@ def plan_table(report: SubmitReport, gpu_hours: dict[str, float | None] | None =
         )
         table.add_row(*_row(*cells, *hours))
     return table
+
+
+def memory_cells(needs: dict[str, list[tuple[str, Any]]], resources: dict[str, dict[str, Any]]) -> dict:
+    """Per stage: the largest planned GiB per GPU of its tasks, over the GPU's memory when known."""
+    out = {}
+    for stage, rows in needs.items():
+        gib = resources.get(stage, {}).get("gpu_mem_gb")
+        top = max(need.gib for _, need in rows)
+        out[stage] = f"{top:.1f}" + (f" / {gib:g}" if gib else "")
+    return out
+
+
+def memory_lines(needs: dict[str, list[tuple[str, Any]]]) -> list[str]:
+    """One line per distinct (stage, plan): the parts and whether activations are analytic or measured."""
+    lines: list[str] = []
+    for stage, rows in needs.items():
+        seen: dict[str, list[str]] = {}
+        for label, need in rows:
+            seen.setdefault(need.summary, []).append(label)
+        for summary, labels in seen.items():
+            where = f" [{labels[0]}{f' +{len(labels) - 1}' if len(labels) > 1 else ''}]" if labels[0] else ""
+            lines.append(f"  {stage}{where}: {summary}")
+    return lines
 
 
 def _hours(value: float | None) -> str:

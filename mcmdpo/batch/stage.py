@@ -77,6 +77,9 @@ class Stage:
              needs beyond the stage's (e.g. more GPUs for a bigger model), given the stage's resolved
              resources; ``{}`` when they fit. Raise a ``ConfigError`` to refuse (at validation).
              Tasks with different overrides are submitted as separate arrays.
+    memory:  ``memory(spec, doc, world) -> MemoryNeed | None``: the GPU memory of one task on a rank
+             of a ``world``-rank job (:mod:`mcmdpo.batch.memory`); checked against the profile's
+             ``gpu_mem_gb`` at validation and shown by ``--dry-run``.
     """
 
     name: str
@@ -100,6 +103,8 @@ class Stage:
     def resources_of(self, spec: Any, params: TaskParams, resources: Mapping[str, Any]) -> dict[str, Any]:
         """The resource overrides of one task (``{}``: the stage's resources)."""
         return dict(self.task_resources(spec, params, resources)) if self.task_resources else {}
+
+    memory: Callable[[Any, Mapping[str, Any], int], Any] | None = None
 
     def used(self, spec: Any, doc: Mapping[str, Any]) -> tuple[str, ...]:
         """The stages of ``after`` read by this configuration (present in ``doc`` or not)."""

@@ -22,8 +22,9 @@ from mcmdpo.batch.plan import Plan, PlannedTask, load_plan
 from mcmdpo.batch.stage import PROGRESS
 
 STATES = ("done", "running", "pending", "failed")
-COUNTERS = ("num_samples", "num_skipped", "predictions", "items", "steps", "train", "test")
-"""Summary facts that add up across the tasks of a stage (sums of rates or losses mean nothing)."""
+COUNTERS = ("num_samples", "num_skipped", "predictions", "items", "steps", "train", "test", "too_long")
+"""Summary facts that add up across the tasks of a stage (sums of rates or losses mean nothing);
+facts named ``*_max`` combine by their maximum (the longest sample of any shard)."""
 
 
 def previous_jobs(run_dir: Path) -> dict[str, str]:
@@ -74,9 +75,13 @@ def stage_notes(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if len(rows) == 1:
         return {k: v for k, v in (done[0] if done else {}).items() if isinstance(v, int | float)}
     sums: Counter[str] = Counter()
+    maxima: dict[str, Any] = {}
     for summary in done:
         sums.update({k: v for k, v in summary.items() if k in COUNTERS and isinstance(v, int)})
-    return dict(sums)
+        for key, value in summary.items():
+            if key.endswith("_max") and isinstance(value, int | float):
+                maxima[key] = max(value, maxima.get(key, value))
+    return {**dict(sums), **maxima}
 
 
 def task_status(plan: Plan, task: PlannedTask, job_id: str, slurm: dict[str, str]) -> dict[str, Any]:

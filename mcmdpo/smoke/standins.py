@@ -206,6 +206,11 @@ def _training(section: dict[str, Any], inputs: SmokeInputs, tag: str) -> None:
                    gradient_checkpointing=False, tensorboard=False)  # fmt: skip
     if tag.startswith("sft"):
         section["data_workers"] = min(int(section.get("data_workers", 1)), 1)
+        _sft_files(section, inputs, tag)
+
+
+def _sft_files(section: dict[str, Any], inputs: SmokeInputs, tag: str) -> None:
+    if tag.startswith("sft"):
         section["files"] = [
             _sft_file(f, inputs, f"{tag}-file{k}") for k, f in enumerate(section.get("files", []))
         ]
@@ -234,6 +239,10 @@ BENCHMARK_FILES: dict[str, Callable[[Path], Mapping[str, Any]]] = {
 def _eval(section: dict[str, Any], inputs: SmokeInputs, tag: str) -> None:
     shards = int(section.get("shards", 1))
     section.update(limit=max(2, shards), max_new_tokens=4, batch_size=2, dtype="float32")
+    _eval_files(section, inputs, tag)
+
+
+def _eval_files(section: dict[str, Any], inputs: SmokeInputs, tag: str) -> None:
     for name in ("talt", "palt"):
         if isinstance(section.get(name), dict):
             make = lambda d: fixtures.altext_test(d, TEST_RECORDS)  # noqa: E731
@@ -345,3 +354,51 @@ def report_markdown(plan: Plan) -> str | None:
         if table.is_file():
             return table.read_text()
     return None
+
+
+# ---------------------------------------------------------------- the rehearsal's rewrite
+
+DATA_SECTIONS: dict[str, Callable[[dict[str, Any], SmokeInputs, str], None]] = {
+    "data": _data,
+    "precompute": _precompute,
+    "sft": _sft_files,
+    "eval": _eval_files,
+}
+"""``mcmdpo rehearse --smoke``: only the data files become stand-ins (sizes and settings stay)."""
+
+
+def rehearsal_transform(inputs: SmokeInputs | None) -> Callable[[dict[str, Any]], None]:
+    """What ``mcmdpo rehearse`` changes before validation: a model folder that is not here becomes the
+    shipped config of the same name; with ``inputs`` (``--smoke``) the data files become stand-ins and
+    the run is ``<name>-smoke``. Micro-batches, precisions, modes and lengths stay as written."""
+
+    def transform(doc: dict[str, Any]) -> None:
+        if isinstance(doc.get("model"), dict):
+            _model_config(doc["model"])
+        if inputs is None:
+            return
+        run = doc.setdefault("run", {})
+        run["name"], _ = smoke_names(doc)
+        run["output_root"] = _expanded(run.get("output_root", "runs")) or "runs"
+        for section, rewrite in DATA_SECTIONS.items():
+            if isinstance(doc.get(section), dict):
+                rewrite(doc[section], inputs, section)
+        for key, values in (doc.get("sweep") or {}).items():
+            if key in DATA_SECTIONS and isinstance(values, list):
+                for k, value in enumerate(values):
+                    if isinstance(value, dict):
+                        DATA_SECTIONS[key](value, inputs, f"{key}-{k}")
+
+    return transform
+
+
+def _model_config(section: dict[str, Any]) -> None:
+    from mcmdpo.method.model.architecture import shipped_match
+
+    if section.get("source") != "path" or _readable(section.get("path")) is not None:
+        return
+    name = shipped_match(str(section.get("path", "")))
+    if name is not None:
+        mode = section.get("mode", "pad")
+        section.clear()
+        section.update(source="config", config=name, mode=mode)

@@ -23,6 +23,7 @@ from mcmdpo.evaluation.baselines.spec import BaselineSources
 from mcmdpo.evaluation.benchmarks.sources import BenchmarkSources
 from mcmdpo.evaluation.generate import GenerationConfig
 from mcmdpo.evaluation.metrics.predictions import GENERATION, PREDICTIONS
+from mcmdpo.method.memory_plan import memory_hook
 from mcmdpo.method.model import folders
 
 VERSION = 2  # 2: dtype auto = float16 on GPU, llava_v1 template, engine
@@ -142,6 +143,7 @@ STAGE = register(
         tasks=eval_tasks,
         checkpointable=True,
         kind="gpu",
+        memory=memory_hook("eval"),
         version=VERSION,
         consumes=eval_consumes,
         key=eval_key,

@@ -1,87 +1,27 @@
 """Stage ``model``: the base LLaVA-1.6 checkpoint of a run, built tiny or taken from a folder.
 
 ``tiny``: a random tiny LLaVA-NeXT in ``<task>/model/`` (tokenizer trained on the ``data`` texts, or on a
-built-in corpus: ``corpus = "builtin"``). ``path``: an existing HF folder (``llava-v1.6-vicuna-7b-hf``
-layout; checked at validation, not copied). Both write ``model.json`` (read by ``folders.upstream_model``).
+built-in corpus: ``corpus = "builtin"``). ``config``: a random-weight model of a shipped real architecture
+(``config = "llava-v1.6-vicuna-7b-hf"``) at ``layers`` / ``vision_layers`` depth, full width, with the
+same kind of tokenizer (:mod:`mcmdpo.method.model.architecture`). ``path``: an existing HF folder
+(``llava-v1.6-vicuna-7b-hf`` layout; checked at validation, not copied). All write ``model.json`` (read
+by ``folders.upstream_model``). The fields are :class:`ModelSpec` (:mod:`mcmdpo.method.model.spec`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import Field, ValidationInfo, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from typing import Any
 
 from mcmdpo import handoff
 from mcmdpo.batch.artifacts import read_json, write_json_atomic
-from mcmdpo.batch.spec import EnvStr, existing_path
-from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.batch.stage import Stage, TaskContext, register
 from mcmdpo.method.model.folders import MODEL_DIR, model_fingerprint, visible_files
 from mcmdpo.method.model.folders import MODEL_MANIFEST as MANIFEST
+from mcmdpo.method.model.spec import CONFIG_FIELDS, TINY_FIELDS, ModelSpec
 
-TINY_FIELDS = ("image_size", "patch_size", "hidden_size", "num_layers", "vocab_size")
-
-
-class ModelSpec(StageSpec):
-    """``[model]``: the base checkpoint (tiny random model, or an existing HF folder)."""
-
-    source: Literal["tiny", "path"] = Field(
-        "tiny", description="tiny: build a small random LLaVA-NeXT; path: use an existing HF folder"
-    )
-    path: EnvStr | None = Field(
-        None,
-        validate_default=True,
-        description="path: HF LLaVA-NeXT folder with config.json (relative: to the submit directory)",
-    )
-    mode: Literal["pad", "anyres"] = Field(
-        "pad", description="image mode used with this model: pad (upstream parity) or anyres (LLaVA-NeXT)"
-    )
-    image_size: int = Field(
-        56, ge=14, description="tiny: vision crop side in pixels (multiple of patch_size)"
-    )
-    patch_size: int = Field(14, ge=1, description="tiny: vision patch side (image tokens = (side/patch)^2)")
-    hidden_size: int = Field(
-        32, ge=8, description="tiny: width of the vision tower and the LM (multiple of 4)"
-    )
-    num_layers: int = Field(2, ge=1, description="tiny: layers of the vision tower and of the LM")
-    vocab_size: int = Field(512, ge=300, description="tiny: BPE vocabulary size (>= 256 bytes + specials)")
-    corpus: Literal["data", "builtin"] = Field("data", description="tiny tokenizer: [data] texts or built-in")
-
-    @field_validator("path")
-    @classmethod
-    def _check_path(cls, value: str | None, info: ValidationInfo) -> str | None:
-        """Resolve and check the folder now, so that a bad path fails at submit, not in a job."""
-        if "source" not in info.data:  # source itself is invalid: reported on its own
-            return value
-        if info.data["source"] != "path":
-            if value is not None:
-                raise PydanticCustomError("path_unused", "only used with source = 'path'")
-            return None
-        if not value:
-            raise PydanticCustomError(
-                "path_required", "source = 'path' needs path = \"/abs/or/relative/hf-folder\""
-            )
-        hint = "; is it a HuggingFace LLaVA-NeXT checkpoint? (see tools/convert_llava_checkpoint.md)"
-        return existing_path(value, "dir", contains="config.json", hint=hint)
-
-    @model_validator(mode="after")
-    def _check_tiny(self) -> ModelSpec:
-        if self.source == "path":
-            # compared with the defaults: the resolved recipe (re-validated in the job) lists them all
-            fields = type(self).model_fields
-            given = sorted(f for f in TINY_FIELDS if getattr(self, f) != fields[f].default)
-            if given:
-                raise ValueError(f"{', '.join(given)} only apply to source = 'tiny'")
-            return self
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
-            )
-        if self.hidden_size % 4:
-            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of 4 (attention heads)")
-        return self
+__all__ = ["ModelSpec", "run_model"]
 
 
 def run_model(ctx: TaskContext) -> list[str]:
@@ -90,11 +30,11 @@ def run_model(ctx: TaskContext) -> list[str]:
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     from mcmdpo.method.model.load import config_summary
 
-    if spec.source == "tiny":
+    if spec.source in ("tiny", "config"):
         texts, corpus = tokenizer_texts(ctx)
-        folder = build_tiny(ctx.out_dir, texts, spec, seed=int(ctx.seed))
-        info = {"source": "tiny", "path": MODEL_DIR, "tokenizer_corpus": corpus, "seed": int(ctx.seed)}
-        info.update({k: getattr(spec, k) for k in TINY_FIELDS})
+        folder = build_random(ctx.out_dir, texts, spec, seed=int(ctx.seed))
+        info = {"source": spec.source, "path": MODEL_DIR, "tokenizer_corpus": corpus, "seed": int(ctx.seed)}
+        info.update({k: getattr(spec, k) for k in (TINY_FIELDS if spec.source == "tiny" else CONFIG_FIELDS)})
         outputs = [MODEL_DIR, MANIFEST]
     else:
         from mcmdpo.batch.resumable import link_atomic
@@ -128,8 +68,8 @@ def tokenizer_texts(ctx: TaskContext) -> tuple[list[str], str]:
     return texts, f"data:{split} ({len(texts)} texts)"
 
 
-def build_tiny(out_dir: Path, texts: Sequence[str], spec: ModelSpec, seed: int) -> Path:
-    """Build the tiny model in a hidden temp folder inside ``out_dir``, then rename it to ``model/``."""
+def build_random(out_dir: Path, texts: Sequence[str], spec: ModelSpec, seed: int) -> Path:
+    """Build the tiny (or config) model in a hidden temp folder inside ``out_dir``, then rename it."""
     from transformers.utils import logging as hf_logging
 
     from mcmdpo.batch.resumable import atomic_dir
@@ -139,12 +79,17 @@ def build_tiny(out_dir: Path, texts: Sequence[str], spec: ModelSpec, seed: int) 
     final = out_dir / MODEL_DIR
     sizes = {k: getattr(spec, k) for k in TINY_FIELDS}
     with atomic_dir(final) as tmp:
-        build_tiny_llava(tmp, texts, **sizes, seed=seed)
+        if spec.source == "config":
+            from mcmdpo.method.model.architecture import build_config_llava
+
+            build_config_llava(tmp, spec.architecture_config() or {}, texts, seed=seed)
+        else:
+            build_tiny_llava(tmp, texts, **sizes, seed=seed)
     return final
 
 
 def model_uses(spec: ModelSpec, doc: Mapping[str, Any]) -> tuple[str, ...]:  # a tokenizer on [data] texts
-    return ("data",) if spec.source == "tiny" and spec.corpus == "data" else ()
+    return ("data",) if spec.source in ("tiny", "config") and spec.corpus == "data" else ()
 
 
 STAGE = register(Stage(name="model", spec=ModelSpec, run=run_model, after=("data",), uses=model_uses))

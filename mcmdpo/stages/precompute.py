@@ -38,6 +38,7 @@ def precompute_tasks(spec: PrecomputeSpec, doc: dict[str, Any]) -> list[dict[str
 
 def run_precompute(ctx: TaskContext) -> list[str]:
     """Build (or reuse) this task's shard and its report; return both file names."""
+    from mcmdpo.method.data.audit import load_auditor, summary
     from mcmdpo.method.data.build import ShardBuilder, build_shard, provenance
     from mcmdpo.method.data.images import load_processor, processor_config
     from mcmdpo.method.data.shards import shard_name, shard_range
@@ -48,14 +49,15 @@ def run_precompute(ctx: TaskContext) -> list[str]:
     name = shard_name(shard, num_shards)
     final, report_path = ctx.out_dir / f"{name}.h5", ctx.out_dir / f"{name}.report.json"
     source = resolve_source(ctx, spec)
-    processor = load_processor(folders.processor_dir(ctx, spec.mode, spec.processor_path))
+    folder = folders.processor_dir(ctx, spec.mode, spec.processor_path)
+    processor = load_processor(folder)
     rejected = RejectedImages.from_spec(spec, int(ctx.seed) + spec.seed_offset)
     attrs = provenance(spec, ctx.params, ctx.recipe, source, processor_config(processor), rejected)
     if reusable(ctx.work_dir, ctx.out_dir, attrs["fingerprint"]):
         ctx.log.info("%s is already complete; reusing it", final.name)
         report = read_json(report_path)
     else:
-        builder = ShardBuilder(spec, source, processor, rejected)
+        builder = ShardBuilder(spec, source, processor, rejected, load_auditor(folder, spec.mode, ctx.recipe))
         positions = shard_range(len(builder.records), shard, num_shards)
         attrs.update(num_source_records=len(builder.records), position_start=positions.start)
         attrs["position_stop"] = positions.stop
@@ -66,6 +68,8 @@ def run_precompute(ctx: TaskContext) -> list[str]:
             write_json_atomic(report_path, report)
         mark_complete(ctx.work_dir, attrs["fingerprint"], [final.name, report_path.name])
     ctx.summary.update({k: report.get(k, 0) for k in ("num_samples", "num_skipped", "text_disagreements")})
+    if report.get("lengths", {}).get("sequence"):
+        ctx.summary.update(summary(report["lengths"]))
     return [final.name, report_path.name]
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcmdpo.batch.errors import ConfigError
 from mcmdpo.batch.stage import Stage, TaskContext, register
+from mcmdpo.method.memory_plan import memory_hook
 from mcmdpo.method.model import folders
 from mcmdpo.method.train.spec import PreferenceSpec
 
@@ -97,5 +98,6 @@ STAGE = register(
         tasks=preference_tasks,
         checkpointable=True,
         kind="gpu",
+        memory=memory_hook("preference"),
     )
 )

@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 from mcmdpo import handoff
 from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
 from mcmdpo.method.conditions import CONDITIONS, Condition
+from mcmdpo.method.memory_plan import memory_hook
 from mcmdpo.method.model import folders
 
 if TYPE_CHECKING:
@@ -126,5 +127,6 @@ STAGE = register(
         tasks=reference_tasks,
         checkpointable=True,
         kind="gpu",
+        memory=memory_hook("reference"),
     )
 )

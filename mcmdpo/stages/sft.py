@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from mcmdpo.batch.errors import ConfigError
 from mcmdpo.batch.stage import Stage, TaskContext, register
+from mcmdpo.method.memory_plan import memory_hook
 from mcmdpo.method.model import folders
 from mcmdpo.method.train.spec import SftSpec
 
@@ -72,6 +73,7 @@ STAGE = register(
         tasks=sft_tasks,
         checkpointable=True,
         kind="gpu",
+        memory=memory_hook("sft"),
         uses=sft_uses,
     )
 )

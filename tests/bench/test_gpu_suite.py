@@ -55,7 +55,8 @@ def test_smoke_writes_one_line_per_part_and_a_final_line(smoke, capsys):
     records = lines(out)
     assert list(records) == list(gpu_suite.PARTS)
     assert final["mode"] == "cpu-smoke" and final["device"] == "cpu"
-    expected = {"setup": "ok", "logprob": "ok", "flex_check": "skipped", "memory": "ok", "generation": "ok"}
+    expected = {"setup": "ok", "logprob": "ok", "flex_check": "skipped", "memory": "ok", "plan": "ok",
+                "generation": "ok"}  # fmt: skip
     assert {p: final["parts"][p] for p in expected} == expected
     assert final["parts"]["train"] == "ok", records["train"]
     assert "CUDA" in records["flex_check"]["skipped"]
@@ -98,6 +99,16 @@ def test_smoke_memory_generation_and_training_parts(smoke):
     train = records["train"]
     assert train["steps"] == 3 and train["compute_ms"] > 0 and train["wall_ms"] >= train["compute_ms"]
     assert 0 <= train["share_outside_fwd_bwd_update"] < 1
+
+
+def test_smoke_plan_part_plans_every_stage_without_a_measured_side(smoke):
+    _, out = smoke
+    plan = lines(out)["plan"]
+    for stage in ("sft", "preference", "reference"):
+        row = plan[stage]
+        assert row["planned_gb"] > 0 and row["measured_gb"] is None and row["error"] is None
+        assert row["planned_gb"] == pytest.approx(sum(row["parts"].values()), abs=2e-3)
+    assert plan["preference"]["parts"]["activations"] > 0 and plan["max_abs_error"] is None
 
 
 def test_a_part_that_would_not_fit_is_skipped_and_a_late_one_stopped(monkeypatch, tmp_path):

@@ -182,7 +182,7 @@ def test_entries_are_checked_at_validation(tmp_path):
 
 
 SCORE = {"protocols": ["paper"], "nltk": {"tokenizer": "treebank", "tagger": "wordnet"}}
-A100 = {"gpus_per_node": 1, "tasks_per_node": 1, "gpu_memory_gb": 80, "node_gpus": 8}
+A100 = {"gpus_per_node": 1, "tasks_per_node": 1, "gpu_mem_gb": 80, "node_gpus": 8}
 
 
 def test_placement_from_size_dtype_and_the_profiles_gpus(family_dir):

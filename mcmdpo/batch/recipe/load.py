@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 import mcmdpo.batch.recipe.profiles as profiles
+from mcmdpo.batch import memory
 from mcmdpo.batch.errors import McmdpoError
 from mcmdpo.batch.recipe.errors import Problem, RecipeError, did_you_mean
 from mcmdpo.batch.recipe.lines import line_of
@@ -118,6 +119,8 @@ def load_recipe(
             variants.append(_with(variant, sweep=sweep, point=point))
     if not problems:
         _check_tasks(variants, registry, source, problems)
+    if not problems:
+        _check_memory(variants, registry, source, problems)
     if problems:
         raise RecipeError(problems)
     return _with(base, sweep=sweep, variants=tuple(variants))
@@ -149,6 +152,27 @@ def _check_tasks(
                 problems.append(source.problem(exc.field or name, exc.render(field=False)))
             except ValueError as exc:
                 problems.append(source.problem(name, str(exc)))
+
+
+def _check_memory(
+    variants: Sequence[Recipe], registry: Mapping[str, Stage], source: _Source, problems: list[Problem]
+) -> None:
+    """Refuse GPU tasks whose planned memory exceeds the profile's GPUs (:mod:`mcmdpo.batch.memory`)."""
+    seen: set[str] = set()
+    for variant in variants:
+        source.swept = {key: f"sweep.{key}" for key in variant.point}
+        for name, spec in variant.stages.items():
+            stage = registry[name]
+            res = profiles.resolve_resources(variant.profile, variant.cluster.resources, name, stage.kind)
+            if stage.kind != "gpu" or not res.gpu_mem_gb:
+                continue
+            need = memory.stage_needs(stage.memory, spec, variant.doc, res.model_dump())
+            if need is None or need.fits(res.gpu_mem_gb):
+                continue
+            text = memory.refusal(name, need, res.gpu_mem_gb, variant.cluster.profile)
+            if text not in seen:
+                seen.add(text)
+                problems.append(source.problem(need.field, text))
 
 
 def _with(recipe: Recipe, **changes: Any) -> Recipe:

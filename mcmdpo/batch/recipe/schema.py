@@ -80,8 +80,11 @@ class ResourceSpec(Section):
     signal_delay_s: int | None = Field(None, ge=0, description="USR2 this long before the limit")
     max_requeues: int | None = Field(None, ge=0, description="timeouts/preemptions before giving up")
     array_parallelism: int | None = Field(None, ge=1, description="array tasks running at once")
-    gpu_memory_gb: float | None = Field(
-        None, gt=0, description="memory of one GPU (GiB); lets a stage place a task on several GPUs"
+    gpu_mem_gb: float | None = Field(
+        None,
+        gt=0,
+        description="memory of one GPU (GiB): GPU tasks planned above it fail validation; lets a stage "
+        "place a task on several GPUs",
     )
     node_gpus: int | None = Field(None, ge=1, description="GPUs of one node: the most a task may ask for")
 

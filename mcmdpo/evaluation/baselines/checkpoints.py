@@ -10,7 +10,7 @@ validation is fast and works offline). With a config:
   parameters counted; without a config, the entry's ``params_b``.
 
 Placement (:func:`placement`): weights x dtype bytes x :data:`HEADROOM` (activations, KV cache) against
-the profile's ``gpu_memory_gb``: the smallest power of two of GPUs that holds it, up to ``node_gpus``
+the profile's ``gpu_mem_gb``: the smallest power of two of GPUs that holds it, up to ``node_gpus``
 (one process drives them: transformers ``device_map = "auto"``). Beyond a node: refused in one line.
 """
 
@@ -140,7 +140,7 @@ def memory_gb(baseline: Checkpoint) -> float:
 
 def placement(baseline: Checkpoint, resources: Mapping[str, Any]) -> dict[str, Any]:
     """Resource overrides for one task of ``baseline`` (``{}``: the stage's own resources fit)."""
-    gpu_gb, node_gpus = resources.get("gpu_memory_gb"), resources.get("node_gpus")
+    gpu_gb, node_gpus = resources.get("gpu_mem_gb"), resources.get("node_gpus")
     if baseline.kind != "hf" or not gpu_gb or not resources.get("gpus_per_node"):
         return {}  # an endpoint, or a profile that does not describe its GPUs (local runs)
     need = memory_gb(baseline)

@@ -96,7 +96,12 @@ class ShardBuilder:
     """Turns record positions into :class:`~mcmdpo.method.data.shards.Sample` objects for one shard."""
 
     def __init__(
-        self, spec: PrecomputeSpec, source: Source, processor: BaseImageProcessor, rejected: RejectedImages
+        self,
+        spec: PrecomputeSpec,
+        source: Source,
+        processor: BaseImageProcessor,
+        rejected: RejectedImages,
+        auditor: Any = None,
     ):
         from mcmdpo.method.data.images import ImagePreprocessor
         from mcmdpo.method.data.records import check_context_pool, load_records
@@ -111,6 +116,8 @@ class ShardBuilder:
         self.pre = ImagePreprocessor(processor, spec.mode)
         self.real_root = Path(os.path.realpath(source.images))
         self.report = ShardReport()
+        self.auditor = auditor
+        """A :class:`mcmdpo.method.data.audit.LengthAuditor` (None: lengths not audited)."""
 
     def bad(self, position: int, code: str, detail: str) -> Exception:
         from mcmdpo.method.data.records import BadRecord
@@ -137,7 +144,21 @@ class ShardBuilder:
         return image
 
     def prepare(self, position: int) -> Prepared:
-        """The image work of one sample (decode, preprocess, PIL-level rejected image)."""
+        """The image work of one sample (decode, preprocess, PIL-level rejected image), then the
+        length audit (a sample too long for ``max_length`` is a bad record ``too_long``)."""
+        prepared = self._prepare(position)
+        if self.auditor is not None:
+            texts = self.records[position]
+            other = self.records[prepared.context].question
+            sizes = (prepared.chosen.size, (prepared.rejected or prepared.chosen).size)
+            strings = {"question": texts.question, "rejected_question": other, "chosen": texts.chosen,
+                       "rejected": texts.rejected}  # fmt: skip
+            problem = self.auditor.measure(strings, sizes)
+            if problem is not None:
+                raise self.bad(position, "too_long", problem)
+        return prepared
+
+    def _prepare(self, position: int) -> Prepared:
         from mcmdpo.method.data.records import rejected_context_position
 
         image = self.load(position)
@@ -333,6 +354,7 @@ def _report(builder: ShardBuilder, positions: range, kept: int) -> dict[str, Any
         "skipped_by_reason": dict(Counter(s["reason"] for s in skipped)),
         "skipped": skipped,
         "converted_modes": dict(builder.report.converted),
+        "lengths": builder.auditor.report() if builder.auditor else {"audited": False, "why": "no tokenizer"},
     }
 
 

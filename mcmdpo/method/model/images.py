@@ -124,7 +124,8 @@ def encode_images(
     if mode == "pad":
         return _pad_features(model, torch.cat([p.to(dtype) for p in pixel_values], dim=0))
     stacked = _stack_tiles(pixel_values).to(dtype=dtype, device=model.device)
-    sizes = torch.tensor([list(s) for s in image_sizes], dtype=torch.long, device=model.device)
+    on = "cpu" if model.device.type == "meta" else model.device  # sizes are read as values (meta has none)
+    sizes = torch.tensor([list(s) for s in image_sizes], dtype=torch.long, device=on)
     out = model.model.get_image_features(pixel_values=stacked, image_sizes=sizes, return_dict=True)
     return list(out.pooler_output)
 
