@@ -1,7 +1,8 @@
 """Write a report folder (``write_report``) or a terminal table (``results_table``) from run dirs.
 
 ``<out>/results.csv``, ``table.md``, ``table.tex``, ``figures/*.png``, and with ``--paper``
-``paper_comparison.csv``, with ``--compare A B`` ``compare.csv``; runs with curation add ``funnel.md``,
+``paper_comparison.csv``, with ``--compare A B`` ``compare.csv``, with ``represent`` tasks (paper Fig. 7)
+``representations.csv`` and ``figures/representations.png``; runs with curation add ``funnel.md``,
 ``funnel.csv`` and ``figures/funnel_<run>.png`` (:mod:`mcmdpo.report.funnel`), alone when nothing is
 scored yet. Every file is written under a
 temporary name and renamed.
@@ -90,7 +91,8 @@ def build_from(collection: Collection, spec: ReportSpec) -> Built:
     config = _bootstrap(spec)
     results = compute_results(collection, config)
     paper = load_paper_results() if spec.paper else None
-    return Built(collection, results, build_table(results, spec.layout, spec.labels, config, paper), paper)
+    table = build_table(results, spec.layout, spec.labels, config, paper, spec.paper_table)
+    return Built(collection, results, table, paper)
 
 
 def write_report(
@@ -102,13 +104,14 @@ def write_report(
 ) -> ReportOutputs:
     """Write the report of ``run_dirs`` into ``out_dir``.
 
-    ``compare``: two row names (``--compare``); ``score_tasks``: restrict to these score task ids
-    (and the training tasks upstream of them), as the report stage does.
+    ``compare``: two row names (``--compare``); ``score_tasks``: restrict to these task ids (score
+    and represent tasks, and the training tasks upstream of them), as the report stage does.
     """
     from mcmdpo.report.collect import collect
     from mcmdpo.report.compare import COMPARE_COLUMNS, compare_rows
     from mcmdpo.report.funnel import funnel_markdown, write_funnels
     from mcmdpo.report.paper import COMPARISON_COLUMNS
+    from mcmdpo.report.representations import write_representations
     from mcmdpo.report.results import records_csv, write_csv
     from mcmdpo.report.tables import render_latex, render_markdown
 
@@ -118,16 +121,18 @@ def write_report(
     if not collection.files and collection.funnels:  # curation only (or no scores yet)
         return ReportOutputs(out, funnel_files, funnel_markdown(collection.funnels), None, [])
     built = build_from(collection, spec)
-    results, table, paper = built.results, built.table, built.paper
+    results, table = built.results, built.table
     comparisons = compare_rows(table.rows, *compare, _bootstrap(spec)) if compare else []
-    markdown = render_markdown(table)
-    files = [out / RESULTS_CSV, out / TABLE_MD, out / TABLE_TEX]
+    figures = out / FIGURES if spec.figures else None
+    represented, rep_markdown = write_representations(collection.representations, spec.labels, out, figures)
+    markdown = render_markdown(table) + (f"\n{rep_markdown}" if rep_markdown else "")
+    files = [out / RESULTS_CSV, out / TABLE_MD, out / TABLE_TEX, *represented]
     write_csv(results, files[0])
     write_text_atomic(files[1], markdown)
     write_text_atomic(files[2], render_latex(table))
-    if paper is not None:
+    if table.paper is not None:
         files.append(out / PAPER_CSV)
-        write_text_atomic(files[-1], records_csv(paper.comparisons(table.rows), COMPARISON_COLUMNS))
+        write_text_atomic(files[-1], records_csv(table.paper.records(table.rows), COMPARISON_COLUMNS))
     if comparisons:
         files.append(out / COMPARE_CSV)
         write_text_atomic(files[-1], records_csv([c.record(*compare) for c in comparisons], COMPARE_COLUMNS))

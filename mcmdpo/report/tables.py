@@ -71,6 +71,8 @@ class ResultTable:
     groups: list[ColumnGroup]
     rows: list[TableRow]
     notes: list[str]
+    paper: Any = None
+    """The :class:`~mcmdpo.report.paper.PaperComparison` of the rows (``--paper``), else None."""
 
     @property
     def columns(self) -> list[Column]:
@@ -83,8 +85,10 @@ def build_table(
     labels: Mapping[str, str] | None = None,
     config: BootstrapConfig = BootstrapConfig(),
     paper: Any = None,
+    paper_table: str | None = None,
 ) -> ResultTable:
-    """The table of ``results`` in ``layout``; ``paper``: a :class:`~mcmdpo.report.paper.PaperResults`."""
+    """The table of ``results`` in ``layout``; ``paper``: a :class:`~mcmdpo.report.paper.PaperResults`
+    whose rows are matched with ours (``paper_table``: the published table the run reproduces)."""
     labels = dict(labels or {})
     altext = list(dict.fromkeys(r.file.benchmark for r in results if r.file.kind == "altext"))
     groups = select_columns(
@@ -94,13 +98,16 @@ def build_table(
         found = sorted({r.file.benchmark for r in results}) or ["none"]
         raise ValueError(f"layout {layout!r}: no column has a value (benchmarks found: {', '.join(found)})")
     rows = _result_rows(results, labels)
-    mark_best(rows, [c for g in groups for c in g.columns])
-    if paper is not None:
-        rows = paper.interleave(rows, [c for g in groups for c in g.columns])
-    return ResultTable(groups, rows, table_notes(rows, results, config, paper))
+    columns = [c for g in groups for c in g.columns]
+    mark_best(rows, columns)
+    comparison = paper.compare(rows, columns, paper_table) if paper is not None else None
+    notes = table_notes(rows, results, config, comparison)
+    if comparison is not None:
+        rows = comparison.interleave(rows)
+    return ResultTable(groups, rows, notes, comparison)
 
 
-def _row_order(file: MetricsFile) -> tuple[Any, ...]:
+def row_order(file: MetricsFile) -> tuple[Any, ...]:
     stages = list(MODEL_STAGES.values())
     stage = stages.index(file.model_stage) if file.model_stage in stages else len(stages)
     kind = str(((file.doc.get("model_spec") or {}).get("loss") or {}).get("kind", ""))
@@ -119,7 +126,7 @@ def _result_rows(results: Sequence[Result], labels: Mapping[str, str]) -> list[T
     for r in results:
         by_group.setdefault(r.file.group, []).append(r)
     rows = [_row(group) for group in by_group.values()]
-    rows.sort(key=lambda row: (runs.index(row.files[0].run), _row_order(row.files[0])))
+    rows.sort(key=lambda row: (runs.index(row.files[0].run), row_order(row.files[0])))
     for row in rows:
         row.label = labels.get(row.key, row_label(row.files[0], labels))
         row.model = model_label(row.files[0], labels)
@@ -172,7 +179,8 @@ def mark_best(rows: Sequence[TableRow], columns: Sequence[Column], digits: int =
 def table_notes(
     rows: Sequence[TableRow], results: Sequence[Result], config: BootstrapConfig, paper: Any
 ) -> list[str]:
-    """Notes under the table: marking rule, seeds, intervals, deviations, judge, limits, paper source."""
+    """Notes under the table: marking rule, seeds, intervals, deviations, judge, limits, and with
+    ``paper`` (a :class:`~mcmdpo.report.paper.PaperComparison`) the compared tables and missing rows."""
     notes = ["Bold: best per column (higher is better, except rates/CHAIR/Hal/Cog: lower); ties all bold."]
     multi = [r for r in rows if r.kind == "result" and any(len(c.values) > 1 for c in r.cells.values())]
     if multi:
@@ -193,7 +201,7 @@ def table_notes(
     )
     notes += _file_notes({id(r.file): r.file for r in results}.values())
     if paper is not None:
-        notes += paper.notes()
+        notes += paper.notes(rows)
     return notes
 
 
