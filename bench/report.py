@@ -147,10 +147,12 @@ def make_run(
     n: int,
     seed: int = 0,
     name: str = "bench",
+    sections: Mapping[str, Any] | None = None,
 ) -> Path:
     """A run dir with a plan and one finished score task per (model, benchmark); returns it.
 
-    ``models``: (model name, sweep point) pairs, e.g. ``("preference", {"preference.loss.gamma": 0.2})``.
+    ``models``: (model name, sweep point) pairs, e.g. ``("preference", {"preference.loss.gamma": 0.2})``;
+    ``sections``: more recipe sections of every point (e.g. ``{"data": {"train_file": ...}}``).
     """
     run_dir = root / name
     rng = np.random.default_rng(seed)
@@ -163,7 +165,7 @@ def make_run(
             tasks.append(
                 PlannedTask("score", task_id, f"i{index}", len(tasks), {"model": model, "benchmark": bench})
             )
-        recipe = {"run": {"name": name, "seed": seed}, "preference": {"loss": {**point}}}
+        recipe = {"run": {"name": name, "seed": seed}, "preference": {"loss": {**point}}, **(sections or {})}
         instances.append(PlannedInstance("score", f"i{index}", {}, recipe, {}, [point], tasks))
     stage = PlannedStage("score", "cpu", False, [], {}, instances)
     plan = Plan(name, run_dir, seed, [], "local", [stage])

@@ -176,3 +176,14 @@ def chrome(tmp_path_factory: pytest.TempPathFactory):
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model in a folder laid out like a finished ``model`` task (``<task>/model``)."""
+    from mcmdpo.method.model import build_tiny_llava
+    from tests.helpers.eval import QUESTIONS
+
+    task = tmp_path_factory.mktemp("model_task")
+    build_tiny_llava(task / "model", [*QUESTIONS, "a red bus on a sunny day"], seed=3)
+    return task

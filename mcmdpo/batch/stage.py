@@ -54,7 +54,8 @@ class Stage:
     kind:    resource class used to pick defaults from a cluster profile ("cpu" or "gpu").
     version: bump when the stage's code changes its outputs: new task ids, nothing reused.
     implied_by: sections that bring this stage along with its default spec when the recipe has
-             no section of its own (e.g. scoring runs wherever evaluation does).
+             no section of its own (e.g. scoring runs wherever evaluation does); ``section.field``
+             brings it along when that field of the section is true (``report.representations``).
     consumes: ``consumes(params, upstream_stage, upstream_params) -> bool``: which tasks of the
              consumed instances one task reads (default: all). With it (or ``key``), a task's id
              hashes the ids of the tasks it reads instead of its instance's, so sweep points that

@@ -5,7 +5,8 @@
   (pigeonhole), so only pairs sharing a block value are candidates; each is verified with a popcount.
   Identical hashes are collapsed first, so repeated images (memes, logos) cost nothing.
 - Texts: MinHash signatures with LSH banding (``BANDS`` bands of ``ROWS`` rows); pairs sharing a band
-  are verified by their estimated Jaccard similarity (share of equal min-hashes) >= the threshold.
+  are verified by their estimated Jaccard similarity (share of equal min-hashes) >= the threshold, in
+  every signature set given (alt-text and post text: both must be near-identical).
 
 Verified pairs are edges; connected components are clusters; the member with the smallest input
 index (the first record in file order) is kept. Everything is vectorised numpy and runs in one task
@@ -127,19 +128,21 @@ def band_keys(signatures: np.ndarray) -> np.ndarray:
     return keys ^ (np.arange(BANDS, dtype=np.uint64) << np.uint64(58))
 
 
-def cluster_minhashes(signatures: np.ndarray, threshold: float) -> Clusters:
-    """Clusters of texts whose estimated Jaccard similarity is >= ``threshold``."""
-    signatures = np.asarray(signatures, dtype=np.uint32).reshape(-1, NUM_PERM)
+def cluster_minhashes(signatures: np.ndarray, threshold: float, *also: np.ndarray) -> Clusters:
+    """Clusters of texts whose estimated Jaccard similarity is >= ``threshold``; with ``also`` (more
+    signature sets of the same items, e.g. another field), a pair must pass in every set."""
+    sets = [np.asarray(s, dtype=np.uint32).reshape(-1, NUM_PERM) for s in (signatures, *also)]
 
     def similar(i: np.ndarray, j: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
-        ok = np.zeros(len(i), dtype=bool)
+        ok = np.ones(len(i), dtype=bool)
         for start in range(0, len(i), chunk):
-            a, b = signatures[i[start : start + chunk]], signatures[j[start : start + chunk]]
-            ok[start : start + chunk] = (a == b).mean(axis=1) >= threshold
+            part = slice(start, start + chunk)
+            for sig in sets:
+                ok[part] &= (sig[i[part]] == sig[j[part]]).mean(axis=1) >= threshold
         return ok
 
-    i, j = near_pairs(band_keys(signatures), similar)
-    return connect(len(signatures), i, j)
+    i, j = near_pairs(band_keys(sets[0]), similar)
+    return connect(len(sets[0]), i, j)
 
 
 def cluster_all_pairs(hashes: np.ndarray, threshold: int, chunk: int = 512) -> Clusters:

@@ -1,8 +1,9 @@
-"""All scanned shards -> which records are duplicates (ids, images, post texts), with the clusters.
+"""All scanned shards -> which records are duplicates (ids, images, texts), with the clusters.
 
 Order: duplicate ids (a bad record, ``on_bad_record`` applies), then near-duplicate images among the
-rest, then near-duplicate post texts among what is left; in each cluster the first record in file
-order is kept. Result (``dedupe.json``)::
+rest, then near-duplicate texts among what is left (``[curate.dedupe] text_on``: alt-text and post
+text both near-identical by default, see :class:`~mcmdpo.curate.spec.DedupeSpec`); in each cluster the
+first record in file order is kept. Result (``dedupe.json``)::
 
     {"counts": {"duplicate_id": 1, "duplicate_image": 3, "duplicate_text": 2},
      "dropped": [positions...],
@@ -26,6 +27,9 @@ from mcmdpo.curate.scan import RECORDS, SIGNATURES
 from mcmdpo.curate.spec import CurateSpec
 from mcmdpo.method.data.records import BadRecord
 
+TEXT_SIGNATURES = {"alt_text": "minhash_alt", "context": "minhash"}
+"""Text field -> its MinHash array in ``signatures.npz``."""
+
 
 def load_scans(scan_dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Records and signatures of every shard, in shard (= file) order."""
@@ -33,7 +37,9 @@ def load_scans(scan_dirs: Sequence[Path]) -> tuple[list[dict[str, Any]], dict[st
 
     records = [r for d in scan_dirs for r in read_predictions(Path(d) / RECORDS)]
     parts = [np.load(Path(d) / SIGNATURES) for d in scan_dirs]
-    sig = {k: np.concatenate([p[k] for p in parts]) for k in ("positions", "phash", "minhash")}
+    sig = {
+        k: np.concatenate([p[k] for p in parts]) for k in ("positions", "phash", *TEXT_SIGNATURES.values())
+    }
     if [r["id"] for r in records] != sig["positions"].tolist():
         raise ValueError("scan outputs disagree: records.jsonl and signatures.npz list different records")
     return records, sig
@@ -52,7 +58,8 @@ def find_duplicates(scan_dirs: Sequence[Path], spec: CurateSpec) -> dict[str, An
         clusters["image"], counts["duplicate_image"] = _drop(found, idx, alive, records)
     if spec.dedupe.text_threshold is not None:
         idx = np.flatnonzero(alive)
-        found = cluster_minhashes(sig["minhash"][idx], spec.dedupe.text_threshold)
+        sets = [sig[TEXT_SIGNATURES[name]][idx] for name in spec.dedupe.text_on.split("+")]
+        found = cluster_minhashes(sets[0], spec.dedupe.text_threshold, *sets[1:])
         clusters["text"], counts["duplicate_text"] = _drop(found, idx, alive, records)
     return {
         "counts": counts,

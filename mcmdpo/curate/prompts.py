@@ -1,11 +1,12 @@
 """The LLM prompts of curation and the parsers of their replies.
 
-Grammar and rejected-alt-text prompts are the paper's (appendix B), as quoted in issue 14. The
-issue elides the end of the grammar prompt ("... in the following format: ..."); the format
-sentence after that point (:data:`GRAMMAR_FORMAT`) is ours, written to match the reply the paper's
-pipeline parses (first line ``True``/``False``, then the corrected text): replace it with the
-appendix's words when they are at hand. The verification and person-name prompts are ours (the
-issue specifies only their contract).
+The grammar-correction and rejected-alt-text prompts are the paper's appendix B, verbatim (the
+appendix's ``{alt-text}`` is :data:`GRAMMAR_PROMPT`'s ``{text}``: the pipeline corrects post texts
+and alt-texts with it, Sec. 4.3). The reply format the grammar prompt asks for is ``True`` or
+``False``, then after ``True`` the corrected text in quotes; :func:`parse_grammar` reads it and the
+usual variants (quotes or not, ``True.``, ``**True**``, a prefix such as ``Answer:``, the ``(1)``/``(2)``
+numbering of the prompt echoed back, text on the same line or the next ones). The verification and
+person-name prompts are ours (the paper gives only their contract).
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ from dataclasses import dataclass
 
 GRAMMAR_PROMPT = (
     "Your task is to check the given text for grammatical errors. Are there any grammatical errors in the "
-    "following text?\n{text}\nPlease generate the final judgment strictly in the following format: "
+    "following text?\n{text}\nPlease generate the final judgment strictly in the following format:\n"
+    "(1) If there are any grammatical errors, then output 'True'; otherwise output 'False'.\n"
+    "(2) If your answer is True, then you need to provide the text after correcting the grammar issue in "
+    'the following format: "Corrected text."\n'
+    "Make as few modifications as possible.\n"
+    "If your answer is False, then no further changes are needed."
 )
-"""Paper, appendix B (verbatim up to "format: ")."""
-
-GRAMMAR_FORMAT = (
-    '"True" or "False" on the first line (True if there are grammatical errors); if True, the corrected '
-    "text on the following line."
-)
-"""Ours: the elided end of the grammar prompt (see the module docstring)."""
+"""Paper, appendix B (verbatim; one line per line of the appendix)."""
 
 REJECTED_PROMPT = (
     "Given the best alt-text of an image and context. If you are writing the alt-text for the given image, "
@@ -54,7 +54,7 @@ def user(content: str) -> list[dict[str, str]]:
 
 
 def grammar_messages(text: str) -> list[dict[str, str]]:
-    return user(GRAMMAR_PROMPT.format(text=text) + GRAMMAR_FORMAT)
+    return user(GRAMMAR_PROMPT.format(text=text))
 
 
 def rejected_messages(context: str, alt_text: str) -> list[dict[str, str]]:
@@ -95,17 +95,36 @@ class GrammarVerdict:
     parsed: bool
 
 
+_MARKS = "*_`\"'“”‘’"
+VERDICT = re.compile(
+    rf"^[\s{_MARKS}(\[]*"  # markup and quotes before the verdict
+    r"(?:(?:final\s+)?(?:answer|judg(?:e)?ment|verdict|output|result|response)\s*[:\-]\s*)?"  # a label
+    rf"[\s{_MARKS}]*(?:\(?1[).:]\s*)?[\s{_MARKS}]*"  # the prompt's "(1)" echoed back
+    rf"(true|false)[{_MARKS}]*[.,;:!)\]]*[{_MARKS}]*(?=\s|$)",
+    re.IGNORECASE,
+)
+CORRECTED_LABEL = re.compile(
+    r"^(?:\(?2[).:]\s*)?(?:(?:the\s+)?corrected\s+text\s*(?:is)?\s*[:\-]\s*)?", re.IGNORECASE
+)
+QUOTED = re.compile(r"^[\"“'‘](.*?)[\"”'’]\s*(?:\n|$)", re.DOTALL)
+
+
 def parse_grammar(reply: str, original: str) -> GrammarVerdict:
-    """First line ``True``/``False`` (case-insensitive, punctuation ignored); the corrected text follows
-    when ``True``. Anything else (or ``True`` with no text) keeps the original and is unparsed."""
-    lines = reply.strip().splitlines()
-    head = lines[0].strip().strip("*.:`\"' ").lower() if lines else ""
-    if head == "false":
+    """The paper's reply format: ``True`` or ``False``, then (after ``True``) the corrected text in
+    quotes: ``True\n"Corrected text."``. Tolerated: quotes or not, ``True.``, markup, a label such as
+    ``Answer:``, the prompt's ``(1)``/``(2)`` echoed, ``Corrected text:``, the text on the same line, an
+    explanation after the quoted text. ``False`` keeps the original; anything else (or ``True`` with no
+    text) keeps it and is unparsed."""
+    found = VERDICT.match(reply.strip())
+    if found is None:
+        return GrammarVerdict(original, False, False)
+    if found.group(1).lower() == "false":
         return GrammarVerdict(original, False, True)
-    if head == "true":
-        corrected = strip_quotes("\n".join(lines[1:]))
-        if corrected:
-            return GrammarVerdict(corrected, True, True)
+    rest = CORRECTED_LABEL.sub("", reply.strip()[found.end() :].strip(), count=1).strip()
+    quoted = QUOTED.match(rest)
+    corrected = strip_quotes(quoted.group(1) if quoted else rest)
+    if corrected:
+        return GrammarVerdict(corrected, True, True)
     return GrammarVerdict(original, False, False)
 
 

@@ -4,12 +4,14 @@ Per record, in funnel order: record problems (``bad_record``), the text filters 
 ``min_words``, ``language``), the image (``bad_image``: unsafe path, missing, unreadable, truncated,
 huge), ``non_static``. Text filters run before images are decoded (cheap first); a bad record follows
 ``on_bad_record`` (``fail`` raises :class:`~mcmdpo.method.data.records.BadRecord`, ``skip`` counts it by
-reason). Survivors get a pHash of the image and a MinHash of the post text. Images given as bytes
+reason). Survivors get a pHash of the image and MinHashes of the post text and of the alt-text. Images
+given as bytes
 are written to ``images/`` of the shard's folder, so later stages never reopen the raw file.
 
 Outputs (in ``out_dir``): ``records.jsonl`` (``id`` = position in the raw file, ``raw_id``,
 ``context``, ``alt_text``, ``image`` = {"root": "raw" | "scan", "path": ...}), ``signatures.npz``
-(``positions``, ``phash``, ``minhash``) and ``scan.json`` (counts per step, skipped records).
+(``positions``, ``phash``, ``minhash`` of the post text, ``minhash_alt`` of the alt-text) and ``scan.json``
+(counts per step, skipped records).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class ScanResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     phash: list[int] = field(default_factory=list)
     minhash: list[np.ndarray] = field(default_factory=list)
+    minhash_alt: list[np.ndarray] = field(default_factory=list)
     dropped: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     skipped: list[dict[str, Any]] = field(default_factory=list)
@@ -126,6 +129,7 @@ class Scanner:
         )
         self.result.phash.append(phash(image))
         self.result.minhash.append(minhash(record.context))
+        self.result.minhash_alt.append(minhash(record.alt_text))
 
 
 def write_scan(result: ScanResult, out_dir: Path, positions: range) -> list[str]:
@@ -139,6 +143,7 @@ def write_scan(result: ScanResult, out_dir: Path, positions: range) -> list[str]
             positions=np.array([r["id"] for r in result.records], dtype=np.int64),
             phash=np.array(result.phash, dtype=np.uint64),
             minhash=np.array(result.minhash, dtype=np.uint32).reshape(-1, NUM_PERM),
+            minhash_alt=np.array(result.minhash_alt, dtype=np.uint32).reshape(-1, NUM_PERM),
         )
     report = {
         "positions": [positions.start, positions.stop],

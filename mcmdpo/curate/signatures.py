@@ -1,4 +1,4 @@
-"""Signatures for de-duplication: 64-bit perceptual hashes of images, MinHash of post texts.
+"""Signatures for de-duplication: 64-bit perceptual hashes of images, MinHash of texts.
 
 - :func:`phash`: the DCT hash of ``imagehash.phash`` (grey, 32x32 Lanczos, 2-D DCT-II, the 8x8
   lowest frequencies compared with their median), as one ``uint64`` (first coefficient = top bit).

@@ -36,14 +36,31 @@ class FilterSpec(_Section):
     )
 
 
+TextKey = Literal["alt_text+context", "alt_text", "context"]
+
+
 class DedupeSpec(_Section):
-    """``[curate.dedupe]``: near-duplicate images and post texts (the first record of a cluster is kept)."""
+    """``[curate.dedupe]``: near-duplicate images and texts (the first record of a cluster is kept).
+
+    The paper de-duplicates with CLIP on "post-text or image embeddings" and forms its clusters by
+    "pixel overlap" (Sec. 4.2): the image is what makes two samples the same. The text step therefore
+    compares what a sample *is* besides its image, its target: by default a record is a text duplicate
+    only when both its alt-text and its post text are near-identical to an earlier record's (a re-post
+    of the same sample). Posts that merely share a caption (a shop's boilerplate, a thread's repeated
+    text) but show different images with different alt-texts are kept; ``text_on = "context"`` restores
+    the post-text-only comparison, which drops them.
+    """
 
     image_threshold: int | None = Field(
         4, ge=0, le=12, description="64-bit pHash Hamming distance <= this is a duplicate (None: off)"
     )
     text_threshold: float | None = Field(
         0.8, gt=0, le=1, description="MinHash Jaccard (char 5-grams) >= this is a duplicate (None: off)"
+    )
+    text_on: TextKey = Field(
+        "alt_text+context",
+        description="which texts must all be near-identical for a text duplicate: alt_text+context (both; "
+        "the default), alt_text, or context (the post text alone)",
     )
     clip_threshold: float | None = Field(
         None, description="CLIP image-embedding cosine threshold: not implemented (needs a GPU); keep unset"

@@ -137,6 +137,16 @@ class GenerationJob:
     load: GeneratorFactory
 
 
+@dataclass(frozen=True)
+class PromptBatch:
+    """Left-padded prompt token ids and attention mask (on the model's device), images and sizes."""
+
+    input_ids: Any
+    attention: Any
+    pixels: list[Any]
+    sizes: list[Any]
+
+
 class BatchGenerator:
     """Batched generation for one loaded model: left padding, pad/anyres features, KV cache."""
 
@@ -152,19 +162,25 @@ class BatchGenerator:
 
         return format_prompt(item.question + self.config.question_suffix, template=self.config.template)
 
+    def prompt_inputs(self, items: Sequence[Item]) -> PromptBatch:
+        """The left-padded prompts of ``items`` and their preprocessed images (generation's inputs)."""
+        ids, pixels, sizes = self._inputs(items)
+        input_ids, attention = self._left_pad(ids)
+        return PromptBatch(input_ids, attention, pixels, sizes)
+
     def generate(self, items: Sequence[Item]) -> list[tuple[str, int]]:
         """(response, number of generated tokens) per item, in order."""
         import torch
 
         from mcmdpo.method.model import encode_images, image_encoder_outputs
 
-        ids, pixels, sizes = self._inputs(items)
-        input_ids, attention = self._left_pad(ids)
+        batch = self.prompt_inputs(items)
+        input_ids = batch.input_ids
         with torch.inference_mode():
-            features = encode_images(self.model, pixels, sizes, self.config.image_mode)  # type: ignore[arg-type]
+            features = encode_images(self.model, batch.pixels, batch.sizes, self.config.image_mode)  # type: ignore[arg-type]
             out = self.model.generate(
                 input_ids=input_ids,
-                attention_mask=attention,
+                attention_mask=batch.attention,
                 mm_encoder_outputs=image_encoder_outputs(features),
                 max_new_tokens=self.config.max_new_tokens,
                 num_beams=self.config.num_beams,

@@ -4,7 +4,12 @@ Strategies (paper Table 5, upstream code; ``mdpo_crop``: the mDPO baseline's own
 
 - ``diffusion``: forward diffusion on the *preprocessed, CLIP-normalised* tensor,
   ``x_t = sqrt(alphas_bar[t]) * x_0 + sqrt(1 - alphas_bar[t]) * eps``.
-- ``black``: an all-zero tensor (zeros *after* normalisation, as upstream).
+- ``black``: an all-zero tensor (zeros *after* normalisation, as upstream: ``llava/train/train.py``'s
+  ``diffusion_image = torch.zeros_like(image)`` on the preprocessed tensor; the model sees a mean-grey
+  image). This is what produced the paper's Table 5 "Blackness" row.
+- ``black_rgb``: the paper's words for Table 5 ("set all RGB values to 0"): a black RGB image of the
+  chosen image's size, then preprocessed like the chosen one (in ``pad`` mode its square padding keeps
+  the processor's mean colour, as every padded image does).
 - ``crop``: a random crop of the original image, then preprocessed. Window (``crop_window``):
   ``upstream`` (default) = at most 240 wide x 320 tall, what upstream's code does (``height, width =
   image.size`` swaps PIL's (W, H) before ``RandomCrop(size=(min(H, 320), min(W, 240)))``);
@@ -55,12 +60,12 @@ if TYPE_CHECKING:
     from mcmdpo.method.data.spec import PrecomputeSpec
 
 Schedule = Literal["upstream_sigmoid", "linear_ddpm"]
-Strategy = Literal["diffusion", "black", "crop", "rotate", "random", "mdpo_crop"]
+Strategy = Literal["diffusion", "black", "black_rgb", "crop", "rotate", "random", "mdpo_crop"]
 CropWindow = Literal["upstream", "documented"]
 RandomSource = Literal["context", "independent"]
 
 SCHEDULES: tuple[str, ...] = ("upstream_sigmoid", "linear_ddpm")
-STRATEGIES: tuple[str, ...] = ("diffusion", "black", "crop", "rotate", "random", "mdpo_crop")
+STRATEGIES: tuple[str, ...] = ("diffusion", "black", "black_rgb", "crop", "rotate", "random", "mdpo_crop")
 CROP_WINDOWS: tuple[str, ...] = ("upstream", "documented")
 RANDOM_SOURCES: tuple[str, ...] = ("context", "independent")
 NUM_STEPS = 1000
@@ -256,7 +261,7 @@ class RejectedImages:
     """The rejected-image strategy of a recipe, built once: the one door into this module.
 
     A sample's m_l is made in up to two parts. :meth:`image_level` works on the decoded PIL image
-    (``crop``, ``rotate``; the caller preprocesses the result) and :meth:`tensor_level` on the
+    (``crop``, ``rotate``, ``black_rgb``; the caller preprocesses the result) and :meth:`tensor_level` on the
     preprocessed chosen tensor (``diffusion``, ``black``, ``mdpo_crop``). ``random`` takes another
     record's image (the caller decodes and preprocesses it): the rejected-context record when
     :attr:`coupled` (upstream), else one drawn with :meth:`other`.
@@ -300,7 +305,11 @@ class RejectedImages:
         return sample_rng(self.seed, sample_id, self.strategy, self.diffusion_step)
 
     def image_level(self, image: Image.Image, rng: np.random.Generator) -> Image.Image | None:
-        """The PIL-level m_l (``crop``, ``rotate``), or None for the other strategies."""
+        """The PIL-level m_l (``crop``, ``rotate``, ``black_rgb``), or None for the other strategies."""
+        if self.strategy == "black_rgb":
+            from PIL import Image
+
+            return Image.new("RGB", image.size)  # every RGB value 0
         if self.strategy == "crop":
             return crop(image, rng, self.crop_window)
         if self.strategy == "rotate":

@@ -1,4 +1,4 @@
-"""Find what the ``score``, training and ``curate_split`` stages wrote in one or several run dirs.
+"""Find what the ``score``, training, ``represent`` and ``curate_split`` stages wrote in run dirs.
 
 Reads only ``plan.json``, the ``DONE`` manifests of finished tasks, the metrics JSON files (and,
 lazily, their ``.samples.jsonl``) listed as outputs of ``score`` tasks, the ``metrics.jsonl`` of
@@ -40,6 +40,8 @@ class MetricsFile:
     point: Mapping[str, Any]
     group: str
     seed: int
+    recipe: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    """The resolved recipe of the sweep point that scored it (what ``--paper`` matches settings on)."""
 
     @property
     def model(self) -> str:
@@ -99,6 +101,8 @@ class Collection:
     training: list[TrainingLog] = field(default_factory=list)
     funnels: list[Funnel] = field(default_factory=list)
     """The funnel of every finished ``curate_split`` task."""
+    representations: list[MetricsFile] = field(default_factory=list)
+    """Every finished ``represent`` task as a file of its row (path: its ``represent.json``)."""
 
     @property
     def runs(self) -> list[str]:
@@ -122,8 +126,8 @@ def _read_samples(path: Path) -> tuple[dict[str, Any], ...]:
 def collect(run_dirs: Iterable[Path | str], score_tasks: Iterable[str] | None = None) -> Collection:
     """Metrics files and training logs of every finished task in ``run_dirs`` (duplicates dropped).
 
-    ``score_tasks``: only these score task ids, and only the training tasks upstream of them (what
-    the report stage consumes); default: everything finished in the run dirs.
+    ``score_tasks``: only these task ids (score and represent tasks), and only the training tasks
+    upstream of them (what the report stage consumes); default: everything finished in the run dirs.
     """
     from mcmdpo.batch.plan import load_plan
 
@@ -138,6 +142,7 @@ def collect(run_dirs: Iterable[Path | str], score_tasks: Iterable[str] | None = 
         result.files.extend(_dedupe(_metrics_files(run_dir, plan, only)))
         result.training.extend(_training_logs(run_dir, plan, keep))
         result.funnels.extend(collect_funnels(run_dir, plan, keep))
+        result.representations.extend(collect_representations(run_dir, plan, keep))
     return result
 
 
@@ -204,14 +209,19 @@ def _metrics_files(run_dir: Path, plan: Mapping[str, Any], only: set[str] | None
 
 
 def _metrics_file(
-    run_dir: Path, plan: Mapping[str, Any], inst: Mapping[str, Any], task_id: str, rel: str
+    run_dir: Path,
+    plan: Mapping[str, Any],
+    inst: Mapping[str, Any],
+    task_id: str,
+    rel: str,
+    stage_name: str = SCORE_STAGE,
 ) -> MetricsFile:
-    path = run_dir / SCORE_STAGE / task_id / rel
+    path = run_dir / stage_name / task_id / rel
     try:
         doc = read_json(path)
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the metrics JSON ({exc})") from None
-    for key in ("model", "benchmark", "kind", "metrics"):
+    for key in ("model", "benchmark", "kind", *(["metrics"] if stage_name == SCORE_STAGE else [])):
         if key not in doc:
             raise ValueError(f"{path}: field {key!r} missing (not a metrics JSON of the score stage?)")
     stage = doc.get("model_stage") or MODEL_STAGES.get(doc["model"], doc["model"])
@@ -226,6 +236,7 @@ def _metrics_file(
         point=restrict_point(inst.get("points", []), sections),
         group=seed_free_key(recipe, sections, doc["model"]),
         seed=int(recipe.get("run", {}).get("seed", plan.get("seed", 0))),
+        recipe=recipe,
     )
 
 
@@ -273,6 +284,19 @@ def _training_logs(
                 )
             )
     return logs
+
+
+def collect_representations(
+    run_dir: Path, plan: Mapping[str, Any], keep: set[tuple[str, str]] | None = None
+) -> list[MetricsFile]:
+    """The finished ``represent`` tasks of one run, each as a file of the row of its model."""
+    from mcmdpo.evaluation.represent import REPRESENT
+
+    out: dict[str, MetricsFile] = {}
+    for _, inst, folder, done in finished_tasks(run_dir, plan, keep, "represent"):
+        if REPRESENT in done.get("outputs", []) and folder.name not in out:
+            out[folder.name] = _metrics_file(run_dir, plan, inst, folder.name, REPRESENT, "represent")
+    return list(out.values())
 
 
 def collect_funnels(

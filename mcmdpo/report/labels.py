@@ -43,7 +43,7 @@ def _drop_label(value: Any) -> str:
 DATASET_NAMES = {"pinterest": "PAlt", "twitter": "TAlt", "palt": "PAlt", "talt": "TAlt"}
 
 
-def _data_label(value: Any) -> str:
+def data_label(value: Any) -> str:
     """A swept ``[data]`` table -> its data set: ``.../pinterest_train.json`` -> ``PAlt``."""
     if not isinstance(value, Mapping):
         return str(value)
@@ -53,7 +53,7 @@ def _data_label(value: Any) -> str:
 
 
 POINT_LABELS: dict[str, Callable[[Any], str]] = {
-    "data": _data_label,
+    "data": data_label,
     "preference.loss.gamma": lambda v: f"gamma = {v}",
     "preference.loss.alpha": lambda v: f"alpha = {v}",
     "preference.loss.lambda": lambda v: f"lambda = {v}",
@@ -72,17 +72,24 @@ def row_key(file: MetricsFile) -> str:
     return f"{file.model}@{text}" if text else file.model
 
 
+def model_kind(file: MetricsFile) -> str:
+    """``base``, ``sft``, or the preference loss kind (``dpo``, ``mdpo``, ``mcmdpo``)."""
+    if file.model_stage == "model":
+        return "base"
+    if file.model_stage == "preference":
+        spec = file.doc.get("model_spec") or {}
+        return str((spec.get("loss") or {}).get("kind", "mcmdpo"))
+    return file.model_stage
+
+
 def model_label(file: MetricsFile, labels: Mapping[str, str]) -> str:
     """The label of the model alone (stage + loss kind)."""
+    key = model_kind(file)
     spec = file.doc.get("model_spec") or {}
     if file.model_stage == BASELINE:  # a zero-shot baseline: its entry's label (Table 2's wording)
         return labels.get(file.model, spec.get("label") or file.model)
-    if file.model_stage == "model":
-        key = "base_tiny" if spec.get("source") == "tiny" and "base" not in labels else "base"
-    elif file.model_stage == "preference":
-        key = str((spec.get("loss") or {}).get("kind", "mcmdpo"))
-    else:
-        key = file.model_stage
+    if key == "base" and spec.get("source") == "tiny" and "base" not in labels:
+        key = "base_tiny"
     return labels.get(key, MODEL_LABELS.get(key, key))
 
 

@@ -1,7 +1,8 @@
 """Write a report folder (``write_report``) or a terminal table (``results_table``) from run dirs.
 
 ``<out>/results.csv``, ``table.md``, ``table.tex``, ``figures/*.png``, and with ``--paper``
-``paper_comparison.csv``, with ``--compare A B`` ``compare.csv``; runs with curation add ``funnel.md``,
+``paper_comparison.csv``, with ``--compare A B`` ``compare.csv``, with ``represent`` tasks (paper Fig. 7)
+``representations.csv`` and ``figures/representations.png``; runs with curation add ``funnel.md``,
 ``funnel.csv`` and ``figures/funnel_<run>.png`` (:mod:`mcmdpo.report.funnel`), alone when nothing is
 scored yet. With ``[report] html`` (the default) ``index.html`` and its case thumbnails ``cases/``
 (:mod:`mcmdpo.report.html`); a run dir with a collected human evaluation (``<run>/humaneval/``,
@@ -96,7 +97,8 @@ def build_from(collection: Collection, spec: ReportSpec) -> Built:
     config = _bootstrap(spec)
     results = compute_results(collection, config)
     paper = load_paper_results() if spec.paper else None
-    return Built(collection, results, build_table(results, spec.layout, spec.labels, config, paper), paper)
+    table = build_table(results, spec.layout, spec.labels, config, paper, spec.paper_table)
+    return Built(collection, results, table, paper)
 
 
 def write_report(
@@ -108,12 +110,13 @@ def write_report(
 ) -> ReportOutputs:
     """Write the report of ``run_dirs`` into ``out_dir``.
 
-    ``compare``: two row names (``--compare``); ``score_tasks``: restrict to these score task ids
-    (and the training tasks upstream of them), as the report stage does.
+    ``compare``: two row names (``--compare``); ``score_tasks``: restrict to these task ids (score
+    and represent tasks, and the training tasks upstream of them), as the report stage does.
     """
     from mcmdpo.report.collect import collect
     from mcmdpo.report.compare import compare_rows
     from mcmdpo.report.funnel import funnel_markdown, write_funnels
+    from mcmdpo.report.representations import write_representations
     from mcmdpo.report.tables import render_markdown
 
     spec, out = spec or ReportSpec(), Path(out_dir)
@@ -123,7 +126,9 @@ def write_report(
         return ReportOutputs(out, funnel_files, funnel_markdown(collection.funnels), None, [])
     built = build_from(collection, spec)
     comparisons = compare_rows(built.table.rows, *compare, _bootstrap(spec)) if compare else []
-    files = write_tables(built, out, comparisons, compare)
+    figures = out / FIGURES if spec.figures else None
+    represented, rep_markdown = write_representations(collection.representations, spec.labels, out, figures)
+    files = [*write_tables(built, out, comparisons, compare, rep_markdown), *represented]
     if spec.figures:
         from mcmdpo.report.figures import write_figures
 
@@ -136,16 +141,21 @@ def write_report(
         shown_apart = {figure for _, figure in studies}  # in the human-evaluation section
         pngs = [f for f in [*files, *funnel_files] if f.suffix == ".png" and f not in shown_apart]
         files += write_html(out, built.table, pngs, studies, collection.runs)
-    markdown = render_markdown(built.table) + study_markdown
+    markdown = render_markdown(built.table) + (f"\n{rep_markdown}" if rep_markdown else "") + study_markdown
     if collection.funnels:
         markdown += "\n" + funnel_markdown(collection.funnels)
     return ReportOutputs(out, files + funnel_files, markdown, built.table, built.results, comparisons)
 
 
 def write_tables(
-    built: Built, out: Path, comparisons: Sequence[Comparison], compare: tuple[str, str] | None
+    built: Built,
+    out: Path,
+    comparisons: Sequence[Comparison],
+    compare: tuple[str, str] | None,
+    extra_markdown: str = "",
 ) -> list[Path]:
-    """``results.csv``, ``table.md``, ``table.tex``, and the paper and ``--compare`` CSVs when asked."""
+    """``results.csv``, ``table.md`` (with ``extra_markdown`` after the table), ``table.tex``, and the
+    paper and ``--compare`` CSVs when asked."""
     from mcmdpo.report.compare import COMPARE_COLUMNS
     from mcmdpo.report.paper import COMPARISON_COLUMNS
     from mcmdpo.report.results import records_csv, write_csv
@@ -153,13 +163,14 @@ def write_tables(
 
     files = [out / RESULTS_CSV, out / TABLE_MD, out / TABLE_TEX]
     write_csv(built.results, files[0])
-    write_text_atomic(files[1], render_markdown(built.table))
+    write_text_atomic(
+        files[1], render_markdown(built.table) + (f"\n{extra_markdown}" if extra_markdown else "")
+    )
     write_text_atomic(files[2], render_latex(built.table))
-    if built.paper is not None:
+    paper = built.table.paper
+    if paper is not None:
         files.append(out / PAPER_CSV)
-        write_text_atomic(
-            files[-1], records_csv(built.paper.comparisons(built.table.rows), COMPARISON_COLUMNS)
-        )
+        write_text_atomic(files[-1], records_csv(paper.records(built.table.rows), COMPARISON_COLUMNS))
     if comparisons and compare:
         files.append(out / COMPARE_CSV)
         write_text_atomic(files[-1], records_csv([c.record(*compare) for c in comparisons], COMPARE_COLUMNS))

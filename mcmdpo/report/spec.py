@@ -5,11 +5,15 @@ Kept free of heavy imports: ``mcmdpo validate`` and ``mcmdpo status`` import it 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from mcmdpo.batch.stage import StageSpec
 
 LAYOUT_NAMES = ("auto", "all", "altext", "altext-coco", "hallucination")
+PaperTableId = Literal["table2", "table3", "table5", "table6", "table7", "table8", "table9"]
+"""The published tables a run can reproduce (``paper_results.toml``; Table 1 holds sizes, Table 4 = 9)."""
 
 
 class ReportSpec(StageSpec):
@@ -34,6 +38,11 @@ class ReportSpec(StageSpec):
     confidence: float = Field(0.95, gt=0, lt=1, description="coverage of the percentile intervals")
     seed: int = Field(0, ge=0, description="seed of the bootstrap draws")
     paper: bool = Field(False, description="add the paper's published numbers as reference rows + deltas")
+    paper_table: PaperTableId | None = Field(
+        None,
+        description="the published table this run reproduces: its rows are preferred when matching (None: "
+        "the most specific published row; see docs/paper-comparison.md)",
+    )
     figures: bool = Field(True, description="write figures/*.png (matplotlib)")
     html: bool = Field(
         True,
@@ -41,7 +50,9 @@ class ReportSpec(StageSpec):
         "(static, self-contained; case thumbnails under cases/)",
     )
     representations: bool = Field(
-        False, description="paper Fig. 7 representation plot (not implemented yet; must stay false)"
+        False,
+        description="paper Fig. 7: add the [represent] stage (its defaults unless the recipe has the "
+        "section) and put its figure and distances in the report",
     )
 
     @field_validator("layout")
@@ -49,11 +60,4 @@ class ReportSpec(StageSpec):
     def _known_layout(cls, value: str) -> str:
         if value not in LAYOUT_NAMES:
             raise ValueError(f"unknown layout {value!r}; choose from {', '.join(LAYOUT_NAMES)}")
-        return value
-
-    @field_validator("representations")
-    @classmethod
-    def _no_representations(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("representations = true (paper Fig. 7) is not implemented yet; leave it false")
         return value

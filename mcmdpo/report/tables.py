@@ -14,7 +14,7 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from mcmdpo.report.collect import MODEL_STAGES, MetricsFile
 from mcmdpo.report.labels import BASELINE, model_label, row_key, row_label
@@ -74,18 +74,12 @@ class ResultTable:
     groups: list[ColumnGroup]
     rows: list[TableRow]
     notes: list[str]
+    paper: Any = None
+    """The :class:`~mcmdpo.report.paper.PaperComparison` of the rows (``--paper``), else None."""
 
     @property
     def columns(self) -> list[Column]:
         return [c for g in self.groups for c in g.columns]
-
-
-class PaperRows(Protocol):
-    """What the table needs of :class:`~mcmdpo.report.paper.PaperResults` (that module imports this one)."""
-
-    def interleave(self, rows: Sequence[TableRow], columns: Sequence[Column]) -> list[TableRow]: ...
-
-    def notes(self) -> list[str]: ...
 
 
 def build_table(
@@ -93,9 +87,11 @@ def build_table(
     layout: str = "auto",
     labels: Mapping[str, str] | None = None,
     config: BootstrapConfig = BootstrapConfig(),
-    paper: PaperRows | None = None,
+    paper: Any = None,
+    paper_table: str | None = None,
 ) -> ResultTable:
-    """The table of ``results`` in ``layout``; ``paper``: a :class:`~mcmdpo.report.paper.PaperResults`."""
+    """The table of ``results`` in ``layout``; ``paper``: a :class:`~mcmdpo.report.paper.PaperResults`
+    whose rows are matched with ours (``paper_table``: the published table the run reproduces)."""
     labels = dict(labels or {})
     altext = list(dict.fromkeys(r.file.benchmark for r in results if r.file.kind == "altext"))
     groups = select_columns(
@@ -105,13 +101,16 @@ def build_table(
         found = sorted({r.file.benchmark for r in results}) or ["none"]
         raise ValueError(f"layout {layout!r}: no column has a value (benchmarks found: {', '.join(found)})")
     rows = _result_rows(results, labels)
-    mark_best(rows, [c for g in groups for c in g.columns])
-    if paper is not None:
-        rows = paper.interleave(rows, [c for g in groups for c in g.columns])
-    return ResultTable(groups, rows, table_notes(rows, results, config, paper))
+    columns = [c for g in groups for c in g.columns]
+    mark_best(rows, columns)
+    comparison = paper.compare(rows, columns, paper_table) if paper is not None else None
+    notes = table_notes(rows, results, config, comparison)
+    if comparison is not None:
+        rows = comparison.interleave(rows)
+    return ResultTable(groups, rows, notes, comparison)
 
 
-def _row_order(file: MetricsFile) -> tuple[Any, ...]:
+def row_order(file: MetricsFile) -> tuple[Any, ...]:
     """Baselines first (Table 2's layout, in recipe order: the sort is stable), then by stage, loss
     kind and sweep values."""
     stages = list(MODEL_STAGES.values())
@@ -134,7 +133,7 @@ def _result_rows(results: Sequence[Result], labels: Mapping[str, str]) -> list[T
     for r in results:
         by_group.setdefault(r.file.group, []).append(r)
     rows = [_row(group) for group in by_group.values()]
-    rows.sort(key=lambda row: (runs.index(row.files[0].run), _row_order(row.files[0])))
+    rows.sort(key=lambda row: (runs.index(row.files[0].run), row_order(row.files[0])))
     for row in rows:
         row.label = labels.get(row.key, row_label(row.files[0], labels))
         row.model = model_label(row.files[0], labels)
@@ -185,9 +184,10 @@ def mark_best(rows: Sequence[TableRow], columns: Sequence[Column], digits: int =
 
 
 def table_notes(
-    rows: Sequence[TableRow], results: Sequence[Result], config: BootstrapConfig, paper: PaperRows | None
+    rows: Sequence[TableRow], results: Sequence[Result], config: BootstrapConfig, paper: Any
 ) -> list[str]:
-    """Notes under the table: marking rule, seeds, intervals, deviations, judge, limits, paper source."""
+    """Notes under the table: marking rule, seeds, intervals, deviations, judge, limits, and with
+    ``paper`` (a :class:`~mcmdpo.report.paper.PaperComparison`) the compared tables and missing rows."""
     notes = ["Bold: best per column (higher is better, except rates/CHAIR/Hal/Cog: lower); ties all bold."]
     multi = [r for r in rows if r.kind == "result" and any(len(c.values) > 1 for c in r.cells.values())]
     if multi:
@@ -208,7 +208,7 @@ def table_notes(
     )
     notes += _file_notes({id(r.file): r.file for r in results}.values())
     if paper is not None:
-        notes += paper.notes()
+        notes += paper.notes(rows)
     return notes
 
 

@@ -328,6 +328,10 @@ def _score(section: dict[str, Any], inputs: SmokeInputs, tag: str) -> None:
     section["objhal"].pop("spacy_model", None)
 
 
+def _represent(section: dict[str, Any], inputs: SmokeInputs, tag: str) -> None:
+    section.update(dtype="float32", batch_size=2)
+
+
 def _report(section: dict[str, Any], inputs: SmokeInputs, tag: str) -> None:
     section["resamples"] = min(int(section.get("resamples", 1000)), 100)
 
@@ -341,6 +345,7 @@ SECTIONS: dict[str, Callable[[dict[str, Any], SmokeInputs, str], None]] = {
     "preference": _training,
     "eval": _eval,
     "score": _score,
+    "represent": _represent,
     "report": _report,
 }
 

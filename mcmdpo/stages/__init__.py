@@ -21,6 +21,7 @@ PIPELINE = (
     "preference",
     "eval",
     "score",
+    "represent",
     "report",
 )
 

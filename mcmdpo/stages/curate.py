@@ -93,5 +93,6 @@ STAGE = register(
         after=("curate_scan", "curate_dedupe"),
         tasks=curate_tasks,
         checkpointable=True,
+        version=2,  # 2: the grammar prompt is appendix B verbatim, its reply format parsed
     )
 )

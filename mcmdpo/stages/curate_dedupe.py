@@ -1,8 +1,9 @@
 """Stage ``curate_dedupe``: one task clusters the signatures of every scanned shard.
 
 Implied by ``[curate]``. Writes ``dedupe.json`` (:mod:`mcmdpo.curate.duplicates`): the positions
-dropped as duplicate ids, near-duplicate images (pHash) and near-duplicate post texts (MinHash),
-with every cluster listed (the first record in file order is kept).
+dropped as duplicate ids, near-duplicate images (pHash) and near-duplicate texts (MinHash of the
+alt-text and the post text, ``[curate.dedupe] text_on``), with every cluster listed (the first record
+in file order is kept).
 """
 
 from __future__ import annotations
@@ -36,5 +37,6 @@ STAGE = register(
         after=("curate_scan",),
         reads=("curate",),
         implied_by=("curate",),
+        version=2,  # 2: text duplicates compare the alt-text and the post text (text_on)
     )
 )

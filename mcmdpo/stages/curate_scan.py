@@ -52,5 +52,6 @@ STAGE = register(
         reads=("curate",),
         tasks=scan_tasks,
         implied_by=("curate",),
+        version=2,  # 2: signatures.npz has the alt-text's MinHash (minhash_alt)
     )
 )

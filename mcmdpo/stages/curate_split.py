@@ -67,7 +67,7 @@ def _manifest(spec: CurateSpec, reports: list[dict[str, Any]], prompts: ModuleTy
         "max_attempts": spec.max_attempts,
         "split": spec.split.model_dump(mode="json"),
         "prompts": {
-            "grammar": prompts.GRAMMAR_PROMPT + prompts.GRAMMAR_FORMAT,
+            "grammar": prompts.GRAMMAR_PROMPT,
             "rejected": prompts.REJECTED_PROMPT,
             "verify": prompts.VERIFY_PROMPT,
             "names": prompts.NAMES_PROMPT,

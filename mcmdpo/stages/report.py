@@ -1,11 +1,12 @@
 """Stage ``report``: the paper-style tables and figures of what the score tasks it consumes wrote.
 
 Runs wherever scoring does (implied by ``[score]``, itself implied by ``[eval]``): one CPU task that
-reads every score task of the run, all sweep points together (``gather``), and the ``metrics.jsonl``
-of the training tasks upstream of them (for the training curves), and writes into its task folder
-(see :mod:`mcmdpo.report.outputs`): ``results.csv``, ``table.md``, ``table.tex``, ``figures/*.png``,
-and (``html = true``, the default) ``index.html`` with its case thumbnails ``cases/``.
-``mcmdpo report RUN_DIR [RUN_DIR ...]`` writes the same for several runs.
+reads every score task of the run, all sweep points together (``gather``), the ``metrics.jsonl`` of
+the training tasks upstream of them (for the training curves) and the ``represent`` tasks (paper Fig.
+7, with ``representations = true``), and writes into its task folder (see
+:mod:`mcmdpo.report.outputs`): ``results.csv``, ``table.md``, ``table.tex``, ``figures/*.png``,
+``representations.csv`` and (``html = true``, the default) ``index.html`` with its case thumbnails
+``cases/``. ``mcmdpo report RUN_DIR [RUN_DIR ...]`` writes the same for several runs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def run_report(ctx: TaskContext) -> list[str]:
     tasks = [t.task_id for t in ctx.inputs.get("score", [])]
     if not tasks:
         raise StateError("report: no finished score task among this task's inputs")
+    tasks += [t.task_id for t in ctx.inputs.get("represent", [])]
     written = write_report([ctx.run_dir], ctx.out_dir, ctx.spec, score_tasks=tasks)
     ctx.summary.update(values=len(written.results), rows=sum(r.kind == "result" for r in written.table.rows))
     ctx.log.info("report: %d values\n%s", len(written.results), written.markdown)
@@ -35,7 +37,7 @@ STAGE = register(
         name="report",
         spec=ReportSpec,
         run=run_report,
-        after=("score",),
+        after=("score", "represent"),
         kind="cpu",
         version=VERSION,
         implied_by=("score",),

@@ -105,31 +105,58 @@ def test_text_clusters_keep_the_first_post():
     assert found.groups() == [(2, [6]), (4, [7])]
 
 
-def test_prompts_are_the_papers_and_parsers():
-    # issue 14 quotes appendix B of the paper
-    assert prompts.GRAMMAR_PROMPT.format(text="X").startswith(
-        "Your task is to check the given text for grammatical errors. Are there any grammatical errors in "
-        "the following text?\nX\nPlease generate the final judgment strictly in the following format: "
-    )
-    assert prompts.REJECTED_PROMPT.format(context="C", alt_text="Y") == (
-        "Given the best alt-text of an image and context. If you are writing the alt-text for the given "
-        "image, what kind of suboptimal alt-text will you write?\nContext:\nC\nBest alt-text:\nY\n"
-        "Suboptimal alt-text:"
-    )
+PAPER_MD = Path(__file__).resolve().parents[2] / "shared" / "docs" / "paper.md"
+
+
+def appendix_prompts() -> tuple[str, str]:
+    """The two prompts of the paper's appendix B, as in ``shared/docs/paper.md`` (markdown line breaks
+    (two trailing spaces) are the prompts' newlines; ``{alt\\_text}`` is an escaped underscore)."""
+    if not PAPER_MD.is_file():
+        pytest.skip(f"the paper's text is not at {PAPER_MD} (shared/docs/paper.md beside the repository)")
+    text = PAPER_MD.read_text().split("## B Prompt for Data Construction", 1)[1].split("## C ", 1)[0]
+    blocks = [b for b in text.split("\n\n") if "  \n" in b]
+    grammar, rejected = ("\n".join(line.rstrip() for line in b.splitlines()) for b in blocks)
+    return grammar, rejected.replace("\\_", "_")
+
+
+def test_prompts_are_the_papers_verbatim():
+    grammar, rejected = appendix_prompts()
+    assert grammar == prompts.GRAMMAR_PROMPT.format(text="{alt-text}")
+    assert rejected == prompts.REJECTED_PROMPT
+    assert prompts.grammar_messages("teh dog")[0]["content"] == grammar.replace("{alt-text}", "teh dog")
+
+
+GRAMMAR_REPLIES = {  # reply -> (text, errors, parsed) for the original "t"
+    "False": ("t", False, True),
+    "False.": ("t", False, True),
+    "'False'": ("t", False, True),
+    "**False**": ("t", False, True),
+    "Answer: false": ("t", False, True),
+    "(1) False": ("t", False, True),
+    'True\n"Corrected text."': ("Corrected text.", True, True),  # the paper's format
+    'True\n"the fixed text"': ("the fixed text", True, True),
+    "**True**\nfixed": ("fixed", True, True),
+    'True. "Fixed."': ("Fixed.", True, True),
+    "'True'\n“Fixed.”": ("Fixed.", True, True),
+    "  True  \n\n  Fixed text  ": ("Fixed text", True, True),
+    'Answer: True\nCorrected text: "Fixed."': ("Fixed.", True, True),
+    '(1) True\n(2) "Fixed."': ("Fixed.", True, True),
+    'Final judgment: True, "Fixed."': ("Fixed.", True, True),
+    'True\n"He said "hi"."\nI added the article.': ('He said "hi".', True, True),
+    "True": ("t", False, False),  # no corrected text: keep the original, unparsed
+    "Maybe?": ("t", False, False),
+    "Truely so": ("t", False, False),
+}
+
+
+def test_parsers_read_the_papers_reply_format_and_its_variants():
+    for reply, expected in GRAMMAR_REPLIES.items():
+        assert prompts.parse_grammar(reply, "t") == prompts.GrammarVerdict(*expected), reply
     lines = prompts.verify_messages("ctx", "one\ntwo", "three")[0]["content"].splitlines()
     assert "Alt-text A: one two" in lines and "Alt-text B: three" in lines
-    assert prompts.parse_grammar("False", "t") == prompts.GrammarVerdict("t", False, True)
-    assert prompts.parse_grammar('True\n"the fixed text"', "t") == prompts.GrammarVerdict(
-        "the fixed text", True, True
-    )
-    assert prompts.parse_grammar("**True**\nfixed", "t").text == "fixed"
-    assert prompts.parse_grammar("Maybe?", "t") == prompts.GrammarVerdict("t", False, False)
-    assert prompts.parse_grammar("True", "t") == prompts.GrammarVerdict("t", False, False)
     choices = ["A", "B.", "Answer: B", "Alt-text A is better", "(B)", "ABBA", "Both", "a"]
     assert [prompts.parse_choice(c) for c in choices] == ["A", "B", "B", "A", "B", None, None, None]
     assert prompts.parse_rejected('"Suboptimal alt-text: a dog"') == "a dog"
-    assert prompts.parse_names('Sure: ["Ann Lee", 3, "Bo"]') == ["Ann Lee", "Bo"]
-    assert prompts.parse_names("nobody") is None
 
 
 def test_split_is_hashed_deterministic_and_follows_fractions():
@@ -180,8 +207,32 @@ def test_scan_counts_and_dedupe_is_exact_across_shards(tmp_path):
         {"kept": {"position": 6, "id": good[6]["id"]}, "dropped": [{"position": 26, "id": "near-image"}]}
     ]
     assert a["clusters"]["text"][0]["kept"]["position"] == 7 and positions[good[7]["id"]] == 7
+    assert s.dedupe.text_on == "alt_text+context"  # the re-post of record 7: post text and alt-text
     with pytest.raises(BadRecord, match=r"raw.jsonl: record 21 \(id='x-20'\): truncated_image"):
         Scanner(spec(raw, images), tmp_path / "fail").scan(range(28))
+
+
+def test_text_duplicates_compare_what_makes_a_sample(tmp_path):
+    """Same post text, different image and alt-text: kept by default (the paper clusters by image),
+    dropped when only the post text is compared; the same alt-text alone: dropped with text_on =
+    "alt_text"."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = [(fx.CONTEXTS[0], fx.ALTS[0]), (fx.CONTEXTS[0], fx.ALTS[1]), (fx.CONTEXTS[2], fx.ALTS[0])]
+    for i in range(len(rows)):
+        fx.pattern(10 + 30 * i).save(images / f"{i}.png")
+    lines = [
+        json.dumps({"id": i, "image": f"{i}.png", "context": c, "alt_text": a})
+        for i, (c, a) in enumerate(rows)
+    ]
+    (tmp_path / "raw.jsonl").write_text("\n".join(lines) + "\n")
+    dropped = {}
+    for key in ("alt_text+context", "context", "alt_text"):
+        s = spec(tmp_path / "raw.jsonl", images, dedupe={"text_on": key})
+        folder = tmp_path / key
+        write_scan(Scanner(s, folder).scan(range(3)), folder, range(3))
+        dropped[key] = find_duplicates([folder], s)["dropped"]
+    assert dropped == {"alt_text+context": [], "context": [1], "alt_text": [2]}
 
 
 def test_parquet_with_image_bytes_in_row_groups(tmp_path):

@@ -3,6 +3,7 @@ estimates, and --smoke (same structure as the real plan; table8 and table9 run t
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -25,9 +26,11 @@ CLI = [sys.executable, "-m", "mcmdpo"]
 COMMON = {"data": (1, 1), "model": (1, 1), "sft_data": (1, 8), "report": (1, 1)}
 EXPECTED = {
     "table2": {**COMMON, "data": (2, 2), "precompute": (4, 16), "sft": (1, 1), "reference": (4, 16),
-               "preference": (6, 6), "eval": (6, 2 * (1 + 1 + 6 + 8)), "score": (6, 32)},  # 8 baselines
-    "table3": {**COMMON, "sft_data": (2, 8), "precompute": (1, 4), "sft": (2, 2), "reference": (2, 8),
-               "preference": (8, 8), "eval": (8, 1 + 2 + 8), "score": (8, 11)},
+               "preference": (6, 6), "eval": (6, 2 * (1 + 1 + 6 + 8)), "score": (6, 32),  # 8 baselines
+               "represent": (6, 8)},
+    "table3": {**COMMON, "data": (2, 2), "sft_data": (2, 8), "precompute": (2, 8), "sft": (2, 2),
+               "reference": (4, 16), "preference": (16, 16), "eval": (16, 2 * (1 + 2 + 16)),
+               "score": (16, 38)},
     "table5": {**COMMON, "precompute": (5, 20), "sft": (1, 1), "reference": (5, 20), "preference": (5, 5),
                "eval": (5, 1 + 1 + 5), "score": (5, 7)},
     "table6": {**COMMON, "precompute": (5, 20), "sft": (1, 1), "reference": (5, 20), "preference": (5, 5),
@@ -220,18 +223,54 @@ def test_smoke_takes_the_first_records_of_real_files(tmp_path, monkeypatch):
         assert "smoke-inputs" in smoke.doc["sft"]["files"][0]["file"]  # no SFT file there: a stand-in
 
 
+def rows_without_a_delta(markdown: str) -> list[str]:
+    """Result rows of a report's table (``table.md``) not followed by a published row and a delta."""
+    table = markdown.split("\n\n", 1)[0].splitlines()[2:]  # the results table, headers dropped
+    labels = [line.split("|")[1].strip() for line in table]
+    return [
+        label
+        for k, label in enumerate(labels)
+        if not label.startswith("*")
+        and not (
+            "(paper, Table" in "".join(labels[k + 1 : k + 2]) and labels[k + 2 : k + 3] == ["*Δ vs paper*"]
+        )
+    ]
+
+
+def test_rows_without_a_delta_are_found():
+    table = (
+        "| Model | x |\n|:---|---:|\n| A | 1 |\n| *A (paper, Table 2)* | 2 |\n| *Δ vs paper* | -1 |\n"
+        "| B | 1 |\n"
+    )
+    assert rows_without_a_delta(table + "\n- a note\n") == ["B"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "row"), [("table8", "| gamma = 0.4 |"), ("table9", "| +MCM-DPO (RPO, VPO, VRPO) |")]
+    ("name", "row"),
+    [
+        ("table2", "| +MCM-DPO (PAlt) |"),
+        ("table7", "| -L_Single -L_Pair |"),
+        ("table8", "| gamma = 0.4 |"),
+        ("table9", "| +MCM-DPO (RPO, VPO, VRPO) |"),
+    ],
 )
-def test_smoke_run_finishes_with_its_table(name, row, tmp_path):
+def test_smoke_run_finishes_with_its_table_and_a_delta_on_every_row(name, row, tmp_path):
     run = subprocess.run(
         [*CLI, "submit", str(PAPER / f"{name}.toml"), "--smoke", "--set", f"run.output_root={tmp_path}"],
-        capture_output=True, text=True, cwd=REPO, timeout=900,
+        capture_output=True, text=True, cwd=REPO, timeout=2400,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    assert row in run.stdout
-    assert (tmp_path / f"paper-{name}-smoke" / "smoke-inputs").is_dir()
+    run_dir = tmp_path / f"paper-{name}-smoke"
+    assert (run_dir / "smoke-inputs").is_dir()
+    (report,) = (run_dir / "report").iterdir()
+    markdown = (report / "table.md").read_text()
+    assert row in markdown and rows_without_a_delta(markdown) == []
+    compared = list(csv.DictReader(open(report / "paper_comparison.csv")))  # noqa: SIM115
+    assert {r["paper_table"] for r in compared if r["paper_value"]} >= {name}
+    if name == "table2":  # Fig. 7: every model of the run, one panel each
+        assert len(list(csv.DictReader(open(report / "representations.csv")))) == 8  # noqa: SIM115
+        assert (report / "figures" / "representations.png").stat().st_size > 10_000
 
 
 def test_rows_of_a_data_and_kind_sweep_name_both(tmp_path):

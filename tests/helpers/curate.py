@@ -212,8 +212,8 @@ def make_raw(folder: Path) -> tuple[Path, Path, list[dict[str, Any]]]:
             {
                 "id": "near-text",
                 "image": "near7.png",
-                "context": CONTEXTS[7].replace("good.", "good!!"),
-                "alt_text": "A steaming pot on a stove next to chopped carrots",
+                "context": CONTEXTS[7].replace("good.", "good!!"),  # a re-post of record 7: near-identical
+                "alt_text": ALTS[7] + ".",  # post text and alt-text (the default text_on compares both)
             }
         )
     )

@@ -334,20 +334,28 @@ def test_figures_are_real_pngs(tmp_path):
 
 
 def test_paper_reference_rows_and_deltas(tmp_path):
-    run = make_run(tmp_path, [("sft", {}), ("preference", {})], ["palt", "talt"], 40)
+    palt = {"data": {"source": "files", "train_file": "/d/pinterest/pinterest_train.json"}}
+    run = make_run(tmp_path, [("sft", {}), ("preference", {})], ["palt", "talt"], 40, sections=palt)
     out = write_report([run], tmp_path / "out", ReportSpec(resamples=0, figures=False, paper=True))
     labels = [r.label for r in out.table.rows]
-    assert labels[:6] == ["+SFT", "+SFT (paper)", "Δ vs paper", "+MCM-DPO", "+MCM-DPO (paper)", "Δ vs paper"]
-    assert labels[6:] == ["+DPO (paper)", "+mDPO (paper)"]  # published rows without a row of ours
+    assert labels[:6] == ["+SFT", "LLaVA-1.6 (7B)+SFT (paper, Table 2)", "Δ vs paper",
+                          "+MCM-DPO", "+MCM-DPO (paper, Table 2)", "Δ vs paper"]  # fmt: skip
+    # published rows without a row of ours: the zero-shot models, the base, DPO, mDPO, MCM-DPO on TAlt
+    assert labels[6] == "InstructBLIP (13B) (paper, Table 2)" and labels[-1] == "+MCM-DPO (paper, Table 2)"
     ours = out.table.rows[3].cells[("palt", "paper", "rouge_l")].mean
-    assert out.table.rows[4].cells[("palt", "paper", "rouge_l")].mean == 39.54  # docs/method.md, Table 2
+    assert out.table.rows[4].cells[("palt", "paper", "rouge_l")].mean == 39.54
     assert out.table.rows[5].cells[("palt", "paper", "rouge_l")].mean == pytest.approx(ours - 39.54)
+    assert ("talt", "paper", "rouge_l") not in out.table.rows[4].cells  # trained on PAlt: no TAlt cells
+    assert "No published counterpart for +MCM-DPO on TAlt: trained on PAlt" in out.markdown
     with open(tmp_path / "out" / "paper_comparison.csv") as f:
         rows = list(csv.DictReader(f))
     tal = next(r for r in rows if (r["label"], r["benchmark"], r["metric"]) == ("+SFT", "talt", "cider"))
     assert float(tal["paper_value"]) == 144.64 and float(tal["delta"]) == pytest.approx(
         float(tal["value"]) - 144.64
     )
+    assert tal["paper_table"] == "table2" and tal["paper_row"] == "LLaVA-1.6 (7B)+SFT"
+    mcm = next(r for r in rows if (r["label"], r["benchmark"], r["metric"]) == ("+MCM-DPO", "talt", "cider"))
+    assert mcm["paper_value"] == "" and mcm["note"].startswith("trained on PAlt")
 
 
 # ---------------------------------------------------------------- the real pipeline, the stage and the CLI
@@ -431,5 +439,5 @@ def test_cli_errors_are_one_line(tmp_path):
     assert bad.exit_code == 2 and "unknown layout 'fancy'" in bad.output
     rows = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "o"), "--compare", "+SFT", "+DPO"])
     assert rows.exit_code == 2 and "--compare '+DPO': no row" in rows.output
-    with pytest.raises(ValueError, match="not implemented"):
-        ReportSpec(representations=True)
+    with pytest.raises(ValueError, match="'table2', 'table3'"):  # Table 4 repeats 9: not a target
+        ReportSpec(paper_table="table4")

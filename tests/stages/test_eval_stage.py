@@ -19,18 +19,8 @@ from mcmdpo.evaluation.benchmarks import Item, read_items, shard_items
 from mcmdpo.evaluation.generate import GenerationConfig, load_generator
 from mcmdpo.stages.eval import EvalSpec, eval_tasks, run_eval
 from mcmdpo.stages.score import ScoreSpec, score_tasks
-from tests.helpers.eval import QUESTIONS, make_context, talt_files
+from tests.helpers.eval import make_context, talt_files
 from tests.helpers.paths import REPO
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model in a folder laid out like a finished ``model`` task (``<task>/model``)."""
-    from mcmdpo.method.model import build_tiny_llava
-
-    task = tmp_path_factory.mktemp("model_task")
-    build_tiny_llava(task / "model", [*QUESTIONS, "a red bus on a sunny day"], seed=3)
-    return task
 
 
 def test_batched_generation_equals_one_by_one(tiny_model, tmp_path):

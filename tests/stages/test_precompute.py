@@ -105,8 +105,14 @@ def test_every_strategy(tmp_path, processor_dir, strategy):
                 image.height,
                 image.width,
             )
-        elif strategy == "black":
+        elif strategy == "black":  # LVUGAI/MCM-DPO llava/train/train.py (DPODataset.__getitem__), after
+            # image = processor.preprocess(image, ...)['pixel_values'][0]:
+            # elif self.data_args.use_image_type == 'black': diffusion_image = torch.zeros_like(image)
             assert not rejected.any() and size == (image.height, image.width)
+        elif strategy == "black_rgb":  # the paper's "set all RGB values to 0", then preprocessed
+            expected = pre(Image.new("RGB", image.size)).values.astype(np.float16)
+            assert np.array_equal(rejected, expected) and size == (image.height, image.width)
+            assert (rejected < -1).any()  # normalised black is -mean/std, not the tensor zeros of "black"
         elif strategy == "crop":  # upstream window: at most 240 wide x 320 tall (see test_parity.py)
             assert size == (min(320, image.height), min(240, image.width))
         elif strategy == "rotate":

@@ -272,9 +272,15 @@ def _add_implied(sections: dict[str, Any], registry: Mapping[str, Stage]) -> Non
     while added:
         added = False
         for name, stage in registry.items():
-            if name not in sections and any(s in sections for s in stage.implied_by):
+            if name not in sections and any(_implies(sections, s) for s in stage.implied_by):
                 sections[name] = stage.spec.model_validate({})
                 added = True
+
+
+def _implies(sections: Mapping[str, Any], trigger: str) -> bool:
+    """``section``: the section is present; ``section.field``: present with a true ``field``."""
+    name, _, attr = trigger.partition(".")
+    return name in sections and (not attr or bool(getattr(sections[name], attr, False)))
 
 
 def _resolve(sections: dict[str, Any], registry: Mapping[str, Stage]) -> None:

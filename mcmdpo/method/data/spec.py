@@ -26,11 +26,13 @@ class PrecomputeSpec(StageSpec):
     split: Literal["train", "test"] = Field(
         "train", description="which split of the data stage; test records have no rejected text"
     )
-    strategy: Literal["auto", "diffusion", "black", "crop", "rotate", "random", "mdpo_crop"] = Field(
-        "auto",
-        description="rejected image m_l (paper Table 5; mdpo_crop: mDPO's crop; see mcmdpo.method.noise); "
-        "auto: "
-        "mdpo_crop when [preference.loss] kind = 'mdpo', else diffusion",
+    strategy: Literal["auto", "diffusion", "black", "black_rgb", "crop", "rotate", "random", "mdpo_crop"] = (
+        Field(
+            "auto",
+            description="rejected image m_l (paper Table 5; black: zeros after normalisation as the authors' "
+            "code, black_rgb: an RGB-black image as the paper's text; mdpo_crop: mDPO's crop; see "
+            "mcmdpo.method.noise); auto: mdpo_crop when [preference.loss] kind = 'mdpo', else diffusion",
+        )
     )
     diffusion_step: int = Field(
         700, ge=0, le=1000, description="diffusion: step t (0-999 as upstream; 1000 = the last step, 999)"

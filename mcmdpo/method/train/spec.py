@@ -265,7 +265,8 @@ class LossSpec(StageSpec):
 class PreferenceSpec(TrainSpec):
     """``[preference]``: DPO / mDPO / MCM-DPO on the precomputed preference shards.
 
-    Defaults: the paper's preference settings (3 epochs, lr 5e-7, global batch 64, beta 0.1).
+    Defaults: the paper's preference settings (3 epochs, lr 5e-7, global batch 64) and the authors' scripts'
+    beta 0.1 (the paper states no beta).
     """
 
     epochs: int = Field(3, ge=1, description="passes over the preference samples (upstream script: 2)")

@@ -20,7 +20,7 @@ from mcmdpo.method.model.architecture import (
     with_depth,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SEVEN_B = "llava-v1.6-vicuna-7b-hf"
 
 
