@@ -197,7 +197,7 @@ def tiny_model(tmp_path_factory) -> Path:
 def test_the_length_audit_catches_a_hidden_over_long_sample(tmp_path, tiny_model, policy):
     from mcmdpo.method.data.records import BadRecord
     from mcmdpo.stages.precompute import PrecomputeSpec, run_precompute
-    from tests.test_precompute import context, make_dataset, report_of
+    from tests.helpers.precompute import context, make_dataset, report_of
 
     long_answer = " ".join(["the long answer goes on"] * 120)
     train, images = make_dataset(tmp_path / "data", n=6, overrides={2: {"record": {"chosen": long_answer}}})
