@@ -1,11 +1,9 @@
 """Stage ``eval``: generate predictions for every (model, benchmark, shard) as GPU array tasks.
 
-Models: ``base`` (``[model]``), ``sft`` and ``preference`` (one per sweep point), and the zero-shot
-``[[eval.baselines]]`` (:mod:`mcmdpo.evaluation.baselines`, docs/baselines.md). A task's id hashes only
-what decides its predictions (its model task or baseline entry, the benchmark's files, the generation
-settings, its shard): with a preference sweep the base and SFT models and the baselines are evaluated
-once, and changing ``[score]`` never re-queues a generation. Each task generates its shard (batched,
-resumable through a ledger under ``.work/``) and writes ``predictions.jsonl`` and ``generation.json``.
+Models: ``base``, ``sft``, ``preference`` (one per sweep point) and the zero-shot ``[[eval.baselines]]``
+(docs/baselines.md). A task id hashes only what decides its predictions, so a sweep evaluates the base,
+SFT and baseline models once and ``[score]`` never re-queues a generation. Each task writes its shard's
+``predictions.jsonl`` and ``generation.json`` (batched, resumable through a ledger under ``.work/``).
 """
 
 from __future__ import annotations
