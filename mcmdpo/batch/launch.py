@@ -28,6 +28,7 @@ import submitit
 
 from mcmdpo.batch import recovery, scheduler, toolkit_version
 from mcmdpo.batch.artifacts import append_event, read_events, write_json_atomic, write_text_atomic
+from mcmdpo.batch.errors import ConfigError
 from mcmdpo.batch.lock import run_lock
 from mcmdpo.batch.plan import Plan, PlannedStage, PlannedTask, build_plan
 from mcmdpo.batch.recipe import Recipe
@@ -100,6 +101,7 @@ def submit(
     observer = observer or _Messages(progress or (lambda _: None))
     if dry_run:
         return SubmitReport(plan, [_stage_report(plan, s) for s in plan.stages])
+    _check_environment(recipe)
     plan.paths.run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(plan.run_dir, wait=wait, warn=observer.message):
         aside = recovery.prepare_resubmit(plan, rerun, observer.message)
@@ -121,6 +123,15 @@ def submit(
             raise
         recovery.drop_replaced(plan)
     return report
+
+
+def _check_environment(recipe: Recipe) -> None:
+    """What the submitting environment lacks (an API key variable the jobs will read): one line,
+    before anything is queued. (``validate``, ``--dry-run`` and ``mcmdpo assets`` still work without.)"""
+    for variant in (recipe, *recipe.variants):
+        for name, spec in variant.stages.items():
+            for key, why in spec.environment_problems():
+                raise ConfigError(why, file=recipe.path, field=f"{name}.{key}")
 
 
 def _stage_report(plan: Plan, stage: PlannedStage) -> StageReport:

@@ -118,17 +118,18 @@ def test_set_cannot_add_a_stage(write_recipe):
     )
 
 
-def test_a_missing_api_key_variable_fails_at_validation(write_recipe, monkeypatch):
-    body = BASE + '\n[score]\n[score.judge]\nmodel = "m"\napi_key_env = "MCMDPO_TEST_UNSET_KEY"\n'
+def test_a_missing_api_key_variable_stops_the_submit_before_anything_is_queued(write_recipe, monkeypatch):
+    body = BASE.replace(
+        "[count]\n", '[count]\nllm = { model = "m", api_key_env = "MCMDPO_TEST_UNSET_KEY" }\n'
+    )
     monkeypatch.delenv("MCMDPO_TEST_UNSET_KEY", raising=False)
     path = write_recipe(body)
-    line = one_line(cli("submit", str(path), "--dry-run"))
-    assert (
-        "score.judge.api_key_env: environment variable $MCMDPO_TEST_UNSET_KEY (the API key) is not set"
-        in line
-    )
-    ok = cli("submit", str(path), "--dry-run", env={**os.environ, "MCMDPO_TEST_UNSET_KEY": "k"})
-    assert ok.returncode == 0, ok.stderr
+    assert cli("submit", str(path), "--dry-run").returncode == 0  # planning needs no key
+    result = cli("submit", str(path))
+    assert result.returncode == 2
+    line = one_line(result)
+    assert "count.llm.api_key_env: environment variable $MCMDPO_TEST_UNSET_KEY (the API key)" in line
+    assert not (load_recipe(path).run_dir / "count").exists()  # nothing ran
 
 
 def test_score_names_the_file_on_binary_garbage_and_refuses_duplicate_ids(tmp_path):
@@ -227,3 +228,13 @@ def test_a_non_utf8_reply_is_one_clear_error(tmp_path):
         assert "\n" not in message and "the body is not UTF-8 JSON" in message
     finally:
         server.shutdown()
+
+
+def test_the_judge_key_is_an_environment_problem_of_the_score_section(monkeypatch):
+    from mcmdpo.stages.score import ScoreSpec
+
+    monkeypatch.delenv("MCMDPO_TEST_UNSET_KEY", raising=False)
+    spec = ScoreSpec.model_validate({"judge": {"model": "m", "api_key_env": "MCMDPO_TEST_UNSET_KEY"}})
+    assert [key for key, _ in spec.environment_problems()] == ["judge.api_key_env"]
+    monkeypatch.setenv("MCMDPO_TEST_UNSET_KEY", "k")
+    assert spec.environment_problems() == []

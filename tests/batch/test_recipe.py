@@ -23,6 +23,8 @@ def test_valid_recipe_fills_defaults(write_recipe):
         "step_s": 0.0,
         "fail_index": None,
         "fail_unless": None,
+        "pad_bytes": 0,
+        "llm": None,
     }
     assert list(recipe.stages) == ["count", "sum"]
 

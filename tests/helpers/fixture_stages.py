@@ -12,6 +12,7 @@ from pydantic import Field
 
 from mcmdpo.batch.artifacts import atomic_path, read_json, write_json_atomic
 from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
+from mcmdpo.llm import LLMSpec
 
 
 class CountSpec(StageSpec):
@@ -21,6 +22,7 @@ class CountSpec(StageSpec):
     fail_index: int | None = None
     fail_unless: str | None = None  # a path: the failing task succeeds once this file exists
     pad_bytes: int = Field(0, ge=0)  # also write an output of this size (a full disk, in tests)
+    llm: LLMSpec | None = None  # an endpoint the task would call (its key variable is checked at submit)
 
 
 def count_tasks(spec: CountSpec, recipe: dict) -> list[dict]:

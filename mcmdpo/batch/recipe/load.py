@@ -135,10 +135,6 @@ def _check_tasks(
     for variant in variants:
         source.swept = {key: f"sweep.{key}" for key in variant.point}
         for name, spec in variant.stages.items():
-            for key, why in spec.environment_problems():
-                problem = source.problem(f"{name}.{key}", why)
-                if problem not in problems:  # once, not once per sweep point
-                    problems.append(problem)
             stage = registry[name]
             try:
                 tasks = stage.tasks(spec, variant.doc)
