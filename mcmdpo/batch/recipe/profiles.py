@@ -15,7 +15,7 @@ from typing import Any
 from mcmdpo.batch.recipe.schema import RESOURCE_DEFAULTS, ResourceSpec
 from mcmdpo.batch.recipe.toml import load_toml
 
-PACKAGE_REPO = Path(__file__).resolve().parents[1]
+PACKAGE_REPO = Path(__file__).resolve().parents[3]
 
 
 def profile_dirs(recipe_path: Path | None = None) -> list[Path]:
