@@ -18,6 +18,7 @@ from mcmdpo.batch.spec import expand_vars
 SafeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
 """A job/run name: letters, digits, '_', '.', '-' (no spaces, quotes or shell metacharacters)."""
 
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 SlurmToken = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.,:+=@\-\[\]|&]{1,128}$")]
 """A partition/account/qos/constraint value: no spaces, quotes, '$', ';', '`' or newlines."""
 
@@ -80,6 +81,10 @@ class ResourceSpec(Section):
     signal_delay_s: int | None = Field(None, ge=0, description="USR2 this long before the limit")
     max_requeues: int | None = Field(None, ge=0, description="timeouts/preemptions before giving up")
     array_parallelism: int | None = Field(None, ge=1, description="array tasks running at once")
+    env: dict[EnvName, str] | None = Field(
+        None,
+        description="environment of the SLURM job script (e.g. NCCL_SOCKET_IFNAME); layers merge key by key",
+    )
 
 
 RESOURCE_DEFAULTS = ResourceSpec(
