@@ -38,8 +38,9 @@ bench-gpu:
 smoke-paper: setup
 	for r in recipes/paper/*.toml; do NLTK_DATA=$(CURDIR)/.venv/nltk_data DS_ACCELERATOR=cpu .venv/bin/mcmdpo submit $$r --smoke || exit 1; done
 
+# NODES=2 (or more): the multi-node dev cluster (one slurmd per network namespace), next to the single-node one.
 slurm-up:
-	slurm/dev-cluster/start.sh
+	slurm/dev-cluster/start.sh $(if $(NODES),--nodes $(NODES))
 
 slurm-down:
-	slurm/dev-cluster/stop.sh
+	slurm/dev-cluster/stop.sh $(if $(NODES),--nodes $(NODES))

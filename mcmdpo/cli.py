@@ -169,8 +169,9 @@ def status(
     run_dir: Annotated[Path, typer.Argument(help="a run directory (<output_root>/<run.name>)")],
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable, with output paths")] = False,
     all_plans: Annotated[bool, typer.Option("--all", help="also tasks of earlier plans of the run")] = False,
+    tasks: Annotated[bool, typer.Option("--tasks", help="one row per task: state, job, nodes")] = False,
 ) -> None:
-    """Tasks done / running / pending / failed per stage, requeues, and where failed tasks logged.
+    """Tasks done / running / pending / failed per stage, requeues, nodes, and where failed tasks logged.
 
     Exits 1 when a task failed.
     """
@@ -183,6 +184,8 @@ def status(
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
         out.print(display.status_table(result))
+        if tasks:
+            out.print(display.tasks_table(result))
         running = [t for s in result["stages"] for t in s["task_status"] if t["state"] == "running"]
         if running:
             out.print(display.running_table(running))

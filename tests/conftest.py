@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,37 @@ def write_recipe(tmp_path: Path):
         return path
 
     return write
+
+
+MULTINODE_NODES = 3
+"""Nodes of the multi-node test cluster: two-node jobs, plus a spare node so that a requeued job can
+resume on another node pair."""
+
+
+def _fail_or_skip(message: str) -> None:
+    if os.environ.get("CI") or os.environ.get("MCMDPO_REQUIRE_SLURM"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def slurm_multinode_cluster() -> Iterator[str]:
+    """The multi-node dev cluster (``slurm/dev-cluster/start.sh --nodes 3``: node1-node3, one CPU each,
+    each in its own network namespace; its own ports, database and state dir, so it runs next to the
+    single-node cluster of ``slurm_cluster``). Started here when it is not up, and stopped at the end
+    of the session if this fixture started it. Yields its SLURM_CONF; it does not export it."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        _fail_or_skip("the multi-node SLURM cluster needs root and iproute2 (network namespaces)")
+    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_CONF", "SLURM_DIR", "SLURM_DEV_DB_PORT")}
+    nodes = ["--nodes", str(MULTINODE_NODES)]
+    started = subprocess.run(
+        [str(REPO / "slurm/dev-cluster/start.sh"), *nodes], env=env, capture_output=True, text=True
+    )
+    if started.returncode != 0:
+        _fail_or_skip(f"the multi-node SLURM cluster did not start:\n{started.stderr[-3000:]}")
+    yield started.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    if "already up" not in started.stderr:
+        subprocess.run([str(REPO / "slurm/dev-cluster/stop.sh"), *nodes], env=env, capture_output=True)
 
 
 @pytest.fixture(scope="session")

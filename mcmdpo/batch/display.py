@@ -7,6 +7,7 @@ progress from ``.work/mcmdpo-progress.json``, elapsed, log); piped, it prints on
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -101,13 +102,55 @@ def format_notes(summary: dict[str, Any], limit: int = 90) -> str:
 
 
 def status_table(result: dict[str, Any]) -> Table:
-    """Per stage: task counts by state, requeues, and facts of its tasks (fits 80 columns)."""
-    columns = ("stage", "tasks", "done", "run", "wait", "fail", "requeue", "notes")
+    """Per stage: task counts by state, requeues, and facts of its tasks (fits 80 columns); on SLURM
+    also the nodes its tasks ran on."""
+    slurm = result["executor"] == "slurm"
+    columns = ("stage", "tasks", "done", "run", "wait", "fail", "requeue", *(("nodes",) * slurm), "notes")
     table = _table(f"{result['run']} ({result['executor']})", columns)
     for s in result["stages"]:
         counts = (s[k] for k in ("tasks", "done", "running", "pending", "failed", "requeues"))
-        table.add_row(*_row(s["stage"], *counts, format_notes(s["summary"])))
+        nodes = (compact_hosts(s.get("nodes", [])),) * slurm
+        table.add_row(*_row(s["stage"], *counts, *nodes, format_notes(s["summary"])))
     return table
+
+
+def tasks_table(result: dict[str, Any]) -> Table:
+    """One row per task that has started: state, job, and the nodes of every attempt (rank 0's first)."""
+    table = _table("tasks", ("stage", "#", "task", "state", "job", "nodes (each attempt)"))
+    for stage in result["stages"]:
+        for task in stage["task_status"]:
+            if task.get("node_history"):
+                attempts = " > ".join(",".join(nodes) for nodes in task["node_history"])
+                cells = (stage["stage"], task["index"], task["task_id"], task["state"], task["job_id"] or "-")
+                table.add_row(*_row(*cells, attempts))
+    return table
+
+
+def compact_hosts(names: Sequence[str], limit: int = 24) -> str:
+    """``node[1-3],gpu07`` in the manner of Slurm's host lists; ``-`` for none."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    plain = []
+    for name in sorted(set(names)):
+        match = re.fullmatch(r"(.*?)(\d+)", name)
+        if match:
+            groups.setdefault((match.group(1), len(match.group(2))), []).append(int(match.group(2)))
+        else:
+            plain.append(name)
+    parts = plain + [_host_range(prefix, width, sorted(nums)) for (prefix, width), nums in groups.items()]
+    text = ",".join(sorted(parts)) or "-"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _host_range(prefix: str, width: int, numbers: list[int]) -> str:
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    fmt = f"{{:0{width}d}}"
+    spans = [fmt.format(a) if a == b else f"{fmt.format(a)}-{fmt.format(b)}" for a, b in runs]
+    return prefix + spans[0] if len(spans) == 1 and "-" not in spans[0] else f"{prefix}[{','.join(spans)}]"
 
 
 def format_progress(task: dict[str, Any]) -> str:

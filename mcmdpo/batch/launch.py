@@ -14,6 +14,7 @@ import contextlib
 import getpass
 import json
 import math
+import shlex
 import signal
 import socket
 import sys
@@ -226,6 +227,10 @@ class _SlurmLauncher(_Launcher):
         optional = {f"slurm_{k}": res[k] for k in ("partition", "account", "qos", "constraint") if res[k]}
         deps = sorted({j.split("_")[0] for d in stage.after for j in self.stage_jobs.get(d, [])})
         extra = {"dependency": "afterok:" + ":".join(deps), "kill-on-invalid-dep": "yes"} if deps else {}
+        if res["nodes"] > 1:  # a rank that dies ends the job, instead of its peers on the other nodes
+            optional["slurm_srun_args"] = ["--kill-on-bad-exit=1"]  # waiting 30 min in a collective
+        if res.get("env"):  # exported by the job script, before srun starts the tasks
+            optional["slurm_setup"] = [f"export {k}={shlex.quote(v)}" for k, v in sorted(res["env"].items())]
         ex.update_parameters(
             name=f"{self.plan.run_name}.{stage.name}",
             timeout_min=max(1, math.ceil(res["timeout_min"])),

@@ -2,7 +2,9 @@
 
 :class:`TaskRunner` is what submitit pickles and runs. It skips a task that is already DONE, exports
 the torch.distributed environment for multi-task jobs, records start/interrupted/failed/done events,
-and writes the DONE manifest last. Preemption and time limits (USR2): checkpointable stages see a flag
+and writes the DONE manifest last. The start event names the job's ``nodes`` (``host``: rank 0's) and,
+for multi-task jobs, the rendezvous (:mod:`mcmdpo.batch.rendezvous`); ``mcmdpo status`` shows them.
+Preemption and time limits (USR2): checkpointable stages see a flag
 (``ctx.should_checkpoint()``), save at their next safe point on every rank and raise ``Interrupted``;
 only then does rank 0 hand over to submitit's handler, which requeues the same job. Nothing is saved
 inside the signal handler itself.
@@ -35,6 +37,7 @@ from mcmdpo.batch.artifacts import (
 )
 from mcmdpo.batch.integrity import write_stamps
 from mcmdpo.batch.paths import RunPaths
+from mcmdpo.batch.rendezvous import RendezvousError, export_rendezvous
 from mcmdpo.batch.scheduler import process_start
 from mcmdpo.batch.stage import (
     STOP,
@@ -76,16 +79,14 @@ class TaskRunner(submitit.helpers.Checkpointable):
         if done is not None:
             return done
         env = _job_env()
-        if env["world_size"] > 1:
-            submitit.helpers.TorchDistributedEnvironment().export(
-                set_cuda_visible_devices=False, overwrite=True
-            )
         _setup_logging(payload, env["rank"])
+        events = paths.events(payload.stage, payload.task_id)
+        if env["world_size"] > 1:
+            env["rendezvous"] = _rendezvous(events, env)
         load_plugins(payload.plugins)
         stage = get_stage(payload.stage)
         ctx = _context(payload, paths, stage.spec.model_validate(payload.spec), env)
         previous = install_stop_handler() if stage.checkpointable else None
-        events = paths.events(payload.stage, payload.task_id)
         ctx.attempt = sum(e["event"] == "start" for e in read_events(events))
         if env["rank"] == 0:
             append_event(events, "start", **env)
@@ -119,6 +120,17 @@ class TaskRunner(submitit.helpers.Checkpointable):
         raise RuntimeError("asked to requeue, but no scheduler handler is installed (debug executor?)")
 
 
+def _rendezvous(events: Path, env: dict[str, Any]) -> str:
+    """Export the torch.distributed environment; a rendezvous that cannot work fails the task (rank 0
+    records it; another rank's reason is in its own log)."""
+    try:
+        return export_rendezvous().describe()
+    except RendezvousError as exc:
+        if env["rank"] == 0:
+            append_event(events, "failed", error=_one_line(exc), **env)
+        raise
+
+
 def _job_env() -> dict[str, Any]:
     try:
         env = submitit.JobEnvironment()
@@ -129,6 +141,7 @@ def _job_env() -> dict[str, Any]:
             "world_size": env.num_tasks,
             "restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
             "host": socket.gethostname(),
+            "nodes": list(env.hostnames),
             "pid": os.getpid(),
             "start": process_start(os.getpid()),
             "log": str(env.paths.stderr).replace("%t", str(env.global_rank)),
@@ -141,6 +154,7 @@ def _job_env() -> dict[str, Any]:
             "world_size": 1,
             "restarts": 0,
             "host": socket.gethostname(),
+            "nodes": [socket.gethostname()],
             "pid": os.getpid(),
             "start": process_start(os.getpid()),
             "log": "",
@@ -208,6 +222,7 @@ def _manifest(
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "job_id": env["job_id"],
         "host": env["host"],
+        "nodes": env["nodes"],
         "versions": _versions(),
     }
 

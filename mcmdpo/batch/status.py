@@ -1,4 +1,5 @@
-"""What a run dir says about its tasks: done / running / pending / failed, progress, requeues, logs.
+"""What a run dir says about its tasks: done / running / pending / failed, progress, requeues, logs,
+and where each attempt ran (the nodes its start event names).
 
 Reads only plan.json (and the earlier plans under ``plans/``), the submission records, each task's
 DONE, events.jsonl and ``.work/mcmdpo-progress.json``, and one squeue + one sacct call; it imports nothing
@@ -64,6 +65,7 @@ def _stage_status(
         "tasks": len(rows),
         **{s: counts.get(s, 0) for s in STATES},
         "requeues": sum(t["requeues"] for t in rows),
+        "nodes": sorted({n for t in rows for n in t.get("nodes", [])}),
         "summary": stage_notes(rows),
         "task_status": rows,
     }
@@ -98,6 +100,9 @@ def task_status(plan: Plan, task: PlannedTask, job_id: str, slurm: dict[str, str
         "job_id": job_id,
         "requeues": max(0, len(starts) - 1),
     }
+    if starts:  # every attempt's nodes (rank 0's first); "nodes": the latest attempt's
+        out["node_history"] = [start_nodes(s) for s in starts]
+        out["nodes"] = out["node_history"][-1]
     done, damaged = done_or_damaged(folder / "DONE")
     if damaged:
         out.update(state="failed", error=f"{damaged}; re-submit to run it again", log="")
@@ -115,6 +120,12 @@ def task_status(plan: Plan, task: PlannedTask, job_id: str, slurm: dict[str, str
     if out["state"] == "failed":
         out.update(error=last.get("error") or reason, last_log_line=_last_line(out["log"]))
     return out
+
+
+def start_nodes(event: dict[str, Any]) -> list[str]:
+    """The nodes a start event names (events before multi-node support: only rank 0's host)."""
+    nodes = event.get("nodes") or [event.get("host", "?")]
+    return [str(n) for n in nodes]
 
 
 def read_progress(path: Path) -> dict[str, Any]:

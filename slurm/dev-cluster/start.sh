@@ -1,24 +1,44 @@
 #!/usr/bin/env bash
-# Start (or reuse) a single-node SLURM development cluster: munged, MariaDB,
-# slurmdbd, slurmctld, slurmd.  See README.md in this directory.
+# Start (or reuse) a SLURM development cluster: munged, MariaDB, slurmdbd, slurmctld and one
+# slurmd (this host), or with --nodes N (N >= 2) N slurmd nodes, each in its own network namespace.
+# See README.md in this directory.
 #
 #   eval "$(slurm/dev-cluster/start.sh | tail -1 | sed 's/^/export /')"
 #   # or: slurm/dev-cluster/start.sh >/dev/null && . "${SLURM_DIR:-/tmp/mcmdpo-slurm}/env.sh"
+#   slurm/dev-cluster/start.sh --nodes 2     # node1, node2 (1 CPU each) in /tmp/mcmdpo-slurm-multi
 #
 # All progress goes to stderr; the only stdout line is the final `SLURM_CONF=<path>`.
 # Environment:
-#   SLURM_DIR            state directory (default /tmp/mcmdpo-slurm)
+#   SLURM_DIR            state directory (default /tmp/mcmdpo-slurm; with --nodes N>1: /tmp/mcmdpo-slurm-multi)
+#   SLURM_DEV_NODES      the same as --nodes (default 1)
 #   SLURM_DEV_WAIT_S     seconds to wait for each daemon before failing (default 60)
-#   SLURM_DEV_DB_PORT    TCP port of the cluster's private MariaDB on 127.0.0.1 (default 3307)
+#   SLURM_DEV_DB_PORT    TCP port of the cluster's private MariaDB on 127.0.0.1 (default 3307; multi: 3308)
+#   SLURM_DEV_NET        first three octets of the nodes' private /24 (multi-node; default 10.213.0)
 set -euo pipefail
 
 exec 3>&1 1>&2 # keep the real stdout on fd 3 for the final line; everything else -> stderr
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
-mkdir -p "${SLURM_DIR:-/tmp/mcmdpo-slurm}"
-D=$(cd "${SLURM_DIR:-/tmp/mcmdpo-slurm}" && pwd -P)
+NODES=${SLURM_DEV_NODES:-1}
+while (($#)); do
+    case $1 in
+    --nodes) NODES=${2:-}; shift; shift || true ;;
+    --nodes=*) NODES=${1#*=}; shift ;;
+    *) echo "usage: $0 [--nodes N]" >&2; exit 2 ;;
+    esac
+done
+[[ $NODES =~ ^[1-9][0-9]?$ ]] || { echo "--nodes: expected 1-99, got '$NODES'" >&2; exit 2; }
+# The multi-node cluster has its own ports, database and state dir, so it can run next to the
+# single-node one (the tests use both).
+if ((NODES > 1)); then
+    DEFAULT_DIR=/tmp/mcmdpo-slurm-multi DEFAULT_DB_PORT=3308 CTLD_PORT=6827 DBD_PORT=6829
+else
+    DEFAULT_DIR=/tmp/mcmdpo-slurm DEFAULT_DB_PORT=3307 CTLD_PORT=6817 DBD_PORT=6819
+fi
+mkdir -p "${SLURM_DIR:-$DEFAULT_DIR}"
+D=$(cd "${SLURM_DIR:-$DEFAULT_DIR}" && pwd -P)
 WAIT_S=${SLURM_DEV_WAIT_S:-60}
-DB_PORT=${SLURM_DEV_DB_PORT:-3307}
+DB_PORT=${SLURM_DEV_DB_PORT:-$DEFAULT_DB_PORT}
 H=$(hostname -s)
 export SLURM_DIR=$D SLURM_CONF=$D/slurm.conf
 unset SLURM_JOB_ID SLURM_JOBID # a caller inside a job must not leak job context into the daemons
@@ -26,6 +46,16 @@ PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server-core maria
 
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
+# shellcheck source=nodes.sh
+. "$HERE/nodes.sh"
+if ((NODES > 1)); then
+    NODE_LIST=()
+    for ((k = 1; k <= NODES; k++)); do NODE_LIST+=("$(node_name "$k")"); done
+else
+    NODE_LIST=("$H")
+fi
+# slurmd_pidfile NODE: where that node's slurmd writes its pid (SlurmdPidFile, %n = the node)
+slurmd_pidfile() { if ((NODES > 1)); then echo "$D/slurmd-$1.pid"; else echo "$D/slurmd.pid"; fi; }
 die() {
     log "ERROR: $1"
     shift
@@ -39,6 +69,13 @@ die() {
 # proc_conf PID: the SLURM_CONF a process was started with (empty if unset or gone)
 proc_conf() {
     { tr '\0' '\n' <"/proc/$1/environ"; } 2>/dev/null | sed -n 's/^SLURM_CONF=//p' | head -n1 || true
+}
+
+# conf_port CONF: the SlurmctldPort of a slurm.conf (Slurm's default 6817; unset = the system's)
+conf_port() {
+    local p
+    p=$(sed -n 's/^SlurmctldPort=//p' "${1:-/etc/slurm/slurm.conf}" 2>/dev/null | head -n1 || true)
+    echo "${p:-6817}"
 }
 
 # wait_for DESCRIPTION LOGFILE COMMAND...: poll COMMAND (quietly) for up to WAIT_S seconds
@@ -62,13 +99,42 @@ spawn() {
 # (pgrep first: the munge client retries for ~2 s when no munged is listening)
 munge_ok() { pgrep -x munged >/dev/null && munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
 db() { mariadb --no-defaults --protocol=socket --socket="$D/run/mysqld.sock" -u root "$@"; }
-node_state() { sinfo -h -N -n "$H" -o %T 2>/dev/null | head -n1; }
-node_usable() { [[ $(node_state) =~ ^(idle|mixed|allocated|completing)$ ]]; }
+node_state() { sinfo -h -N -n "$1" -o %T 2>/dev/null | head -n1; }
+node_usable() { [[ $(node_state "$1") =~ ^(idle|mixed|allocated|completing)$ ]]; }
+nodes_usable() {
+    local n
+    for n in "${NODE_LIST[@]}"; do node_usable "$n" || return 1; done
+}
+slurmds_alive() {
+    local n
+    for n in "${NODE_LIST[@]}"; do alive "$(slurmd_pidfile "$n")" slurmd || return 1; done
+}
+# same_nodes: the cluster in $D was started with this node list (another --nodes needs a restart);
+# a single-node cluster from before $D/nodes existed counts as the same
+same_nodes() { [[ $(cat "$D/nodes" 2>/dev/null || echo "$H") == "${NODE_LIST[*]}" ]]; }
+# resume_down: nodes that are down/drained (e.g. "Kill task failed") -> RESUME; true if any was
+resume_down() {
+    local n found=1
+    for n in "${NODE_LIST[@]}"; do
+        if [[ $(node_state "$n") =~ ^(down|drain|fail) ]]; then
+            log "node $n is $(node_state "$n") ($(sinfo -h -N -n "$n" -o %E | head -n1)): resuming it"
+            scontrol update NodeName="$n" State=RESUME || true
+            found=0
+        fi
+    done
+    return $found
+}
+nodes_summary() {
+    local n out=()
+    for n in "${NODE_LIST[@]}"; do out+=("node $n: $(node_state "$n")"); done
+    local IFS=,
+    echo "${out[*]}"
+}
 
 healthy() {
     alive "$D/mariadb.pid" mariadbd && alive "$D/slurmdbd.pid" slurmdbd &&
-        alive "$D/slurmctld.pid" slurmctld && alive "$D/slurmd.pid" slurmd &&
-        munge_ok && db -e 'select 1' && node_usable && sacct -n -X -S now -E now -o JobID
+        alive "$D/slurmctld.pid" slurmctld && slurmds_alive && same_nodes &&
+        munge_ok && db -e 'select 1' && nodes_usable && sacct -n -X -S now -E now -o JobID
 }
 
 print_env() {
@@ -104,18 +170,21 @@ exec 9>"$D/.lock"
 flock -w 300 9 || die "could not lock $D/.lock (another start.sh/stop.sh is stuck?)"
 
 # --- another cluster (other SLURM_DIR / system Slurm) on this machine? --------------------------
-# Only one cluster can run: the Slurm ports (6817-6819) are fixed.  Refuse rather than
-# silently hand back a different cluster's SLURM_CONF.
+# One cluster per set of ports: the single-node cluster uses 6817-6819, the multi-node one
+# 6827/6829 (its slurmds listen on 6818 inside their own namespaces), so the two can run side by
+# side.  Refuse a clash rather than silently hand back a different cluster's SLURM_CONF.
 foreign=()
 for name in slurmctld slurmd slurmdbd; do
     for pid in $(pgrep -x "$name" || true); do
         running "$pid" "$name" || continue
         conf=$(proc_conf "$pid")
-        [[ $conf == "$SLURM_CONF" ]] || foreign+=("$name pid $pid SLURM_CONF=${conf:-<unset: /etc/slurm/slurm.conf>}")
+        [[ $conf == "$SLURM_CONF" ]] && continue
+        [[ $(conf_port "$conf") == "$CTLD_PORT" ]] || continue # a cluster on other ports: fine
+        foreign+=("$name pid $pid SLURM_CONF=${conf:-<unset: /etc/slurm/slurm.conf>}")
     done
 done
 if ((${#foreign[@]})); then
-    log "ERROR: another Slurm cluster is already running on this machine:"
+    log "ERROR: another Slurm cluster is already running on this machine (port $CTLD_PORT):"
     printf '  %s\n' "${foreign[@]}" >&2
     other=$(printf '%s\n' "${foreign[@]}" | sed -n 's/.*SLURM_CONF=\(\/.*\)\/slurm\.conf$/\1/p' | head -n1)
     log "use that cluster (SLURM_DIR=${other:-<its dir>}) or stop it first:"
@@ -124,16 +193,14 @@ if ((${#foreign[@]})); then
 fi
 
 # --- already up? ---------------------------------------------------------------------------------
-# daemons fine but node down/drained (e.g. "Kill task failed"): resume it rather than restart
+# daemons fine but a node down/drained (e.g. "Kill task failed"): resume it rather than restart
 # everything (a restart would cancel all jobs)
-if [[ -s $SLURM_CONF ]] && alive "$D/slurmctld.pid" slurmctld && alive "$D/slurmd.pid" slurmd &&
-    [[ $(node_state) =~ ^(down|drain|fail) ]]; then
-    log "node $H is $(node_state) ($(sinfo -h -N -n "$H" -o %E | head -n1)): resuming it"
-    scontrol update NodeName="$H" State=RESUME || true
-    for _ in $(seq 20); do node_usable && break || sleep 0.5; done
+if [[ -s $SLURM_CONF ]] && same_nodes && alive "$D/slurmctld.pid" slurmctld && slurmds_alive &&
+    resume_down; then
+    for _ in $(seq 20); do nodes_usable && break || sleep 0.5; done
 fi
 if [[ -s $SLURM_CONF ]] && healthy >/dev/null 2>&1; then
-    log "cluster in $D is already up (node $H: $(node_state))"
+    log "cluster in $D is already up ($(nodes_summary))"
     print_env
     exit 0
 fi
@@ -145,7 +212,11 @@ if [[ -e $SLURM_CONF ]]; then
 fi
 
 mkdir -p "$D/state" "$D/spool" "$D/log" "$D/run"
-log "starting cluster in $D (node $H, $(nproc) CPUs)"
+if ((NODES > 1)); then
+    log "starting cluster in $D (nodes ${NODE_LIST[*]}, 1 CPU each, in network namespaces)"
+else
+    log "starting cluster in $D (node $H, $(nproc) CPUs)"
+fi
 
 # --- configuration -------------------------------------------------------------------------------
 MEM=$(($(awk '/MemTotal/{print int($2/1024)}' /proc/meminfo) - 1024))
@@ -155,8 +226,62 @@ write_if_changed() {
     cat >"$tmp"
     if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv -f "$tmp" "$1"; fi
 }
+# multi_node_conf: slurm.conf of the multi-node cluster.  slurmctld listens on the bridge address
+# (the nodes reach it there); every slurmd has its own pid/log/spool file (%n = node name).
+multi_node_conf() {
+    local k mem=$((MEM / NODES))
+    cat <<EOF
+ClusterName=mcmdpo_multi
+SlurmctldHost=$H($(ctl_addr))
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=6818
+SlurmUser=root
+AuthType=auth/munge
+AuthInfo=cred_expire=10
+MailProg=/bin/true
+StateSaveLocation=$D/state
+SlurmdSpoolDir=$D/spool/%n
+SlurmctldPidFile=$D/slurmctld.pid
+SlurmdPidFile=$D/slurmd-%n.pid
+SlurmctldLogFile=$D/log/slurmctld.log
+SlurmdLogFile=$D/log/slurmd-%n.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerParameters=sched_interval=5,bf_interval=5
+SlurmctldParameters=preempt_send_user_signal
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+ReturnToService=2
+KillWait=5
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStoragePort=$DBD_PORT
+EOF
+    for ((k = 1; k <= NODES; k++)); do
+        echo "NodeName=$(node_name "$k") NodeAddr=$(node_addr "$k") NodeHostname=$(node_name "$k") CPUs=1 RealMemory=$mem State=UNKNOWN"
+    done
+    cat <<EOF
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=30
+PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
+EOF
+}
+
+# start_nodes: one slurmd in each node's namespace
+start_nodes() {
+    local k
+    for ((k = 1; k <= NODES; k++)); do
+        mkdir -p "$D/spool/$(node_name "$k")"
+        spawn_node "$k" "$D/hosts" "$D/log/slurmd-$(node_name "$k").out" ||
+            die "slurmd of $(node_name "$k") failed to start" "$D/log/slurmd-$(node_name "$k").out" \
+                "$D/log/slurmd-$(node_name "$k").log"
+    done
+}
+
 # slurmdbd.conf / slurm.conf: one key=value per line (slurmdbd rejects several per line)
-write_if_changed "$D/slurmdbd.conf" <<EOF
+{
+    cat <<EOF
 AuthType=auth/munge
 DbdHost=localhost
 SlurmUser=root
@@ -169,8 +294,13 @@ StorageLoc=slurm_acct_db
 LogFile=$D/log/slurmdbd.log
 PidFile=$D/slurmdbd.pid
 EOF
+    if ((NODES > 1)); then echo "DbdPort=$DBD_PORT"; fi
+} | write_if_changed "$D/slurmdbd.conf"
 chmod 600 "$D/slurmdbd.conf"
-write_if_changed "$SLURM_CONF" <<EOF
+if ((NODES > 1)); then
+    multi_node_conf | write_if_changed "$SLURM_CONF"
+else
+    write_if_changed "$SLURM_CONF" <<EOF
 ClusterName=mcmdpo
 SlurmctldHost=$H(127.0.0.1)
 SlurmUser=root
@@ -199,6 +329,16 @@ NodeName=$H NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$MEM State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=30
 PartitionName=urgent Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 EOF
+fi
+
+# --- the nodes' network (multi-node), before any daemon that knows their addresses -------------
+# (without the bridge, slurmctld's pings to 10.213.0.x would follow the default route off this
+# machine; net_up also adds an `unreachable` route for the /24 that outlives the bridge)
+if ((NODES > 1)); then
+    net_up "$NODES" "$D/hosts" || die "could not set up the nodes' network namespaces (needs root and CAP_NET_ADMIN)"
+    printf '%s\n' "${NET_NAMESPACES[@]}" >"$D/netns"
+    log "network up: bridge $BRIDGE $(ctl_addr)/24, namespaces ${NET_NAMESPACES[*]}"
+fi
 
 # --- munge (machine-wide; reused if already running) ---------------------------------------------
 if munge_ok; then
@@ -249,19 +389,20 @@ log "slurmdbd up"
 spawn "$D/log/slurmctld.out" slurmctld || die "slurmctld failed to start" "$D/log/slurmctld.out" "$D/log/slurmctld.log"
 wait_for slurmctld "$D/log/slurmctld.log" scontrol ping
 log "slurmctld up"
-spawn "$D/log/slurmd.out" slurmd || die "slurmd failed to start" "$D/log/slurmd.out" "$D/log/slurmd.log"
+if ((NODES > 1)); then
+    start_nodes
+else
+    spawn "$D/log/slurmd.out" slurmd || die "slurmd failed to start" "$D/log/slurmd.out" "$D/log/slurmd.log"
+fi
+printf '%s\n' "${NODE_LIST[*]}" >"$D/nodes"
 
 t0=$SECONDS resumed=
-until node_usable; do
-    if [[ -z $resumed && $(node_state) =~ ^(down|drain|drained|draining) ]] && ((SECONDS - t0 > 5)); then
-        log "node $H is $(node_state): resuming it"
-        scontrol update NodeName="$H" State=RESUME || true
-        resumed=1
-    fi
+until nodes_usable; do
+    if [[ -z $resumed ]] && ((SECONDS - t0 > 5)) && resume_down; then resumed=1; fi
     ((SECONDS - t0 < WAIT_S)) ||
-        die "node $H not idle after ${WAIT_S}s (state: $(node_state))" "$D/log/slurmctld.log" "$D/log/slurmd.log"
+        die "nodes not idle after ${WAIT_S}s ($(nodes_summary))" "$D/log/slurmctld.log" "$D"/log/slurmd*.log
     sleep 0.5
 done
 healthy >/dev/null 2>&1 || die "cluster started but the health check fails" "$D/log/slurmctld.log" "$D/log/slurmdbd.log"
-log "cluster up: node $H $(node_state); partitions: $(sinfo -h -o %P | tr '\n' ' ')"
+log "cluster up: $(nodes_summary); partitions: $(sinfo -h -o %P | tr '\n' ' ')"
 print_env

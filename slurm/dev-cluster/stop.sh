@@ -1,17 +1,30 @@
 #!/usr/bin/env bash
-# Stop the single-node SLURM development cluster started by start.sh from the same SLURM_DIR.
-# Cancels (SIGKILL) all jobs first, then stops slurmd, slurmctld, slurmdbd, MariaDB and munged
-# (munged only if start.sh started it), each from its pid file, waiting for it to exit.
+# Stop the SLURM development cluster started by start.sh from the same SLURM_DIR.
+# Cancels (SIGKILL) all jobs first, then stops the slurmd(s), slurmctld, slurmdbd, MariaDB and
+# munged (munged only if start.sh started it and no other cluster still uses it), each from its
+# pid file, waiting for it to exit; a multi-node cluster's network namespaces, veths, bridge and
+# fallback route are removed.
 # Idempotent: nothing running -> exit 0.  State ($SLURM_DIR/state, accounting DB) is kept;
 # `rm -rf $SLURM_DIR` after stopping gives a completely fresh cluster.
+#   stop.sh [--nodes N]    N > 1: the multi-node cluster's default dir (/tmp/mcmdpo-slurm-multi)
 #   SLURM_DIR            state directory (default /tmp/mcmdpo-slurm)
 #   SLURM_DEV_STOP_WAIT_S  seconds to wait for each daemon after SIGTERM before SIGKILL (default 30)
 set -euo pipefail
 
-D=${SLURM_DIR:-/tmp/mcmdpo-slurm}
+NODES=${SLURM_DEV_NODES:-1}
+case ${1:-} in
+--nodes) NODES=${2:-1} ;;
+--nodes=*) NODES=${1#*=} ;;
+"") ;;
+*) echo "usage: $0 [--nodes N]" >&2; exit 2 ;;
+esac
+if [[ $NODES =~ ^[0-9]+$ ]] && ((NODES > 1)); then DEFAULT_DIR=/tmp/mcmdpo-slurm-multi; else DEFAULT_DIR=/tmp/mcmdpo-slurm; fi
+D=${SLURM_DIR:-$DEFAULT_DIR}
 WAIT_S=${SLURM_DEV_STOP_WAIT_S:-30}
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=nodes.sh
+. "$(dirname "${BASH_SOURCE[0]}")/nodes.sh"
 
 if [[ ! -d $D ]]; then
     log "$D does not exist: nothing to stop"
@@ -57,9 +70,33 @@ if alive "$D/slurmctld.pid" slurmctld && jobs=$(squeue -h -o %A 2>/dev/null) && 
     [[ -z $(squeue -h -o %A 2>/dev/null) ]] || log "WARNING: jobs left in the queue: $(squeue -h -o '%A %T' | tr '\n' ' ')"
 fi
 
-# 2. daemons in reverse start order, from their pid files
-for spec in slurmd:slurmd slurmctld:slurmctld slurmdbd:slurmdbd mariadb:mariadbd munged:munged; do
-    file=$D/${spec%%:*}.pid comm=${spec#*:}
+# other_cluster: prints the SLURM_CONF of another running cluster (it may use the machine-wide
+# munged that this cluster started); false if there is none
+other_cluster() {
+    local comm pid conf
+    for comm in slurmctld slurmd slurmdbd; do
+        for pid in $(pgrep -x "$comm" || true); do
+            running "$pid" "$comm" || continue
+            conf=$({ tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null | sed -n 's/^SLURM_CONF=//p' | head -n1 || true)
+            [[ $conf == "$SLURM_CONF" ]] || { echo "${conf:-/etc/slurm/slurm.conf}"; return 0; }
+        done
+    done
+    return 1
+}
+
+# 2. daemons in reverse start order, from their pid files (slurmd-<node>.pid: multi-node)
+for file in "$D"/slurmd-*.pid "$D/slurmd.pid" "$D/slurmctld.pid" "$D/slurmdbd.pid" "$D/mariadb.pid" \
+    "$D/munged.pid"; do
+    comm=$(basename "$file" .pid)
+    comm=${comm%%-*}
+    [[ $comm == mariadb ]] && comm=mariadbd
+    if [[ $comm == munged ]] && [[ -s $file ]] && other=$(other_cluster); then
+        # hand munged over: that cluster's stop.sh stops it
+        log "leaving munged running: the cluster of $other uses it"
+        [[ -e $(dirname "$other")/env.sh ]] && mv -f "$file" "$(dirname "$other")/munged.pid"
+        rm -f "$file"
+        continue
+    fi
     if pid=$(pid_of "$file" "$comm"); then
         stop_pid "$comm" "$pid"
         stopped=1
@@ -80,5 +117,14 @@ for comm in slurmd slurmctld slurmdbd mariadbd; do
     done
 done
 rm -f "$D/run/mysqld.sock" "$D/run/mysqld.sock.lock"
+
+# 4. a multi-node cluster's namespaces (after its slurmds: nothing may run in them any more)
+if [[ -s $D/netns ]]; then
+    mapfile -t namespaces <"$D/netns"
+    log "removing network namespaces ${namespaces[*]} and bridge $BRIDGE"
+    net_down "${namespaces[@]}"
+    rm -f "$D/netns"
+    stopped=1
+fi
 
 if ((stopped)); then log "cluster in $D stopped"; else log "nothing running for $D"; fi

@@ -16,3 +16,17 @@ def slurm_conf() -> str | None:
         if out.returncode == 0 and out.stdout.strip():
             return conf
     return None
+
+
+def wait_settled(run_dir: Path, timeout_s: float) -> dict:
+    """Poll the run's status until no task is running or pending (or the deadline passes)."""
+    import time
+
+    from mcmdpo.batch.status import run_status
+
+    deadline = time.time() + timeout_s
+    while True:
+        status = run_status(run_dir)
+        if all(s["running"] == 0 and s["pending"] == 0 for s in status["stages"]) or time.time() > deadline:
+            return status
+        time.sleep(2)

@@ -2,7 +2,8 @@
 
 A profile has ``[defaults]`` (every stage), ``[kinds.cpu]`` / ``[kinds.gpu]`` (by a stage's kind)
 and ``[stages.<name>]``; the recipe's ``[cluster.resources.default]`` and
-``[cluster.resources.<stage>]`` come last. Later layers win field by field.
+``[cluster.resources.<stage>]`` come last. Later layers win field by field, and ``env`` tables
+variable by variable (a site's NCCL settings in ``[defaults.env]`` survive a stage's own ``env``).
 """
 
 from __future__ import annotations
@@ -49,15 +50,20 @@ def resolve_resources(
 ) -> ResourceSpec:
     """Merge built-in defaults < profile defaults < profile kind < profile stage < recipe overrides."""
     merged = RESOURCE_DEFAULTS.model_dump()
-    for raw in (
-        profile.get("defaults"),
-        profile.get("kinds", {}).get(kind),
-        profile.get("stages", {}).get(stage),
-    ):
-        merged.update(_layer(raw))
-    for key in ("default", stage):
-        if key in overrides:
-            merged.update(overrides[key].model_dump(exclude_none=True))
+    layers = [
+        _layer(raw)
+        for raw in (
+            profile.get("defaults"),
+            profile.get("kinds", {}).get(kind),
+            profile.get("stages", {}).get(stage),
+        )
+    ]
+    layers += [overrides[key].model_dump(exclude_none=True) for key in ("default", stage) if key in overrides]
+    for layer in layers:
+        env = {**(merged.get("env") or {}), **layer.get("env", {})}
+        merged.update(layer)
+        if env:
+            merged["env"] = env
     return ResourceSpec.model_validate(merged)
 
 

@@ -18,6 +18,7 @@ from mcmdpo.batch.spec import expand_vars
 SafeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
 """A job/run name: letters, digits, '_', '.', '-' (no spaces, quotes or shell metacharacters)."""
 
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 SlurmToken = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.,:+=@\-\[\]|&]{1,128}$")]
 """A partition/account/qos/constraint value: no spaces, quotes, '$', ';', '`' or newlines."""
 
@@ -87,6 +88,10 @@ class ResourceSpec(Section):
         "place a task on several GPUs",
     )
     node_gpus: int | None = Field(None, ge=1, description="GPUs of one node: the most a task may ask for")
+    env: dict[EnvName, str] | None = Field(
+        None,
+        description="environment of the SLURM job script (e.g. NCCL_SOCKET_IFNAME); layers merge key by key",
+    )
 
 
 RESOURCE_DEFAULTS = ResourceSpec(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mcmdpo.batch.rendezvous import RendezvousError
 from mcmdpo.method.train.spec import BatchLayout, TrainSpec
 
 if TYPE_CHECKING:
@@ -45,12 +46,39 @@ def setup_distributed(world_size: int) -> tuple[int, int, int]:
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "gloo" and spans_nodes():
+            check_gloo_address()
         _forget_deepspeed_groups()
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     else:  # an earlier task of this process (debug executor) made the group; its variables may be gone
         for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
             os.environ.setdefault(key, value)
     return dist.get_rank(), int(os.environ["LOCAL_RANK"]), dist.get_world_size()
+
+
+def spans_nodes() -> bool:
+    """The process group has ranks on other nodes (fewer local ranks than ranks)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world)) < world
+
+
+def check_gloo_address() -> None:
+    """gloo tells its peers the address this host's name resolves to, unless GLOO_SOCKET_IFNAME
+    names an interface; across nodes a loopback address there cannot be reached (Debian maps the
+    host name to 127.0.1.1), and the peers would wait in the rendezvous until its timeout."""
+    if os.environ.get("GLOO_SOCKET_IFNAME"):
+        return
+    host = socket.gethostname()
+    try:
+        address = socket.gethostbyname(host)
+    except OSError:
+        address = None
+    if address is None or address.startswith("127."):
+        raise RendezvousError(
+            f"{host} resolves to {address or 'nothing'}: gloo would offer the other nodes an address "
+            "they cannot reach. Map the host name to the node's network address (/etc/hosts, DNS), or "
+            "set GLOO_SOCKET_IFNAME=<interface> (e.g. in the job environment)"
+        )
 
 
 def _forget_deepspeed_groups() -> None:
