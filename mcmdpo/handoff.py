@@ -91,7 +91,7 @@ def precompute_shard_params(
     per_shard = section.get("samples_per_shard")
     if per_shard is None and n > 1:
         count = planned_records(doc, section.get("split", "train"))
-        if count is not None and n > count:
+        if count and n > count:  # 0: an empty or placeholder file, nothing to compare with
             raise ConfigError(
                 f"{n} shards for {count} records would plan {n - count} empty tasks; at most {count}",
                 field="precompute.num_shards",

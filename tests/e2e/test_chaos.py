@@ -24,7 +24,13 @@ from mcmdpo.batch.integrity import check_outputs
 from mcmdpo.batch.scheduler import same_process
 from tests.helpers.paths import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not os.environ.get("MCMDPO_CHAOS"),
+        reason="the chaos run is opt-in until it has passed on an idle machine: MCMDPO_CHAOS=1",
+    ),
+]
 
 CLI = [sys.executable, "-m", "mcmdpo"]
 SMALLER = [  # the demo's DAG, every stage, at a size a 2-core CI machine runs twice in a few minutes
