@@ -18,6 +18,7 @@ class RunPaths:
     <run_dir>/logs/<stage>/                  submitit folder: sbatch files, pickles, stdout/stderr
     <run_dir>/<stage>/<task_id>/             a task's outputs, its DONE manifest and events.jsonl
     <run_dir>/<stage>/<task_id>/.work/       scratch and checkpoints kept across requeues
+    <run_dir>/<stage>/<task_id>/.work/failed-rank-RRRRR.json  the error of a rank other than 0
     <run_dir>/<stage>/.aside/<task_id>.<why>.<n>/  outputs set aside by --rerun or as damaged
     """
 
@@ -56,3 +57,10 @@ class RunPaths:
 
     def work_dir(self, stage: str, task_id: str) -> Path:
         return self.task_dir(stage, task_id) / ".work"
+
+    def rank_failure(self, stage: str, task_id: str, rank: int) -> Path:
+        """Where a rank other than 0 leaves its error (rank 0 records its own in events.jsonl)."""
+        return self.work_dir(stage, task_id) / f"failed-rank-{rank:05d}.json"
+
+    def rank_failures(self, stage: str, task_id: str) -> list[Path]:
+        return sorted(self.work_dir(stage, task_id).glob("failed-rank-*.json"))

@@ -34,6 +34,7 @@ from mcmdpo.batch.artifacts import (
     read_done,
     read_events,
     write_done,
+    write_json_atomic,
 )
 from mcmdpo.batch.integrity import write_stamps
 from mcmdpo.batch.paths import RunPaths
@@ -82,7 +83,7 @@ class TaskRunner(submitit.helpers.Checkpointable):
         _setup_logging(payload, env["rank"])
         events = paths.events(payload.stage, payload.task_id)
         if env["world_size"] > 1:
-            env["rendezvous"] = _rendezvous(events, env)
+            env["rendezvous"] = _rendezvous(paths, payload, env)
         load_plugins(payload.plugins)
         stage = get_stage(payload.stage)
         ctx = _context(payload, paths, stage.spec.model_validate(payload.spec), env)
@@ -96,10 +97,8 @@ class TaskRunner(submitit.helpers.Checkpointable):
         except Interrupted:
             return self._requeue(ctx, events, previous, env)
         except BaseException as exc:
-            if env["rank"] == 0 and not isinstance(exc, SystemExit | KeyboardInterrupt):
-                append_event(
-                    events, "failed", error=_one_line(exc), trace=traceback.format_exc()[-4000:], **env
-                )
+            if not isinstance(exc, SystemExit | KeyboardInterrupt):
+                _record_failure(paths, payload, env, exc)
             raise
         if env["rank"] != 0:
             return {"rank": env["rank"], "status": "done"}
@@ -120,15 +119,25 @@ class TaskRunner(submitit.helpers.Checkpointable):
         raise RuntimeError("asked to requeue, but no scheduler handler is installed (debug executor?)")
 
 
-def _rendezvous(events: Path, env: dict[str, Any]) -> str:
-    """Export the torch.distributed environment; a rendezvous that cannot work fails the task (rank 0
-    records it; another rank's reason is in its own log)."""
+def _rendezvous(paths: RunPaths, payload: TaskPayload, env: dict[str, Any]) -> str:
+    """Export the torch.distributed environment; a rendezvous that cannot work fails the task."""
     try:
         return export_rendezvous().describe()
     except RendezvousError as exc:
-        if env["rank"] == 0:
-            append_event(events, "failed", error=_one_line(exc), **env)
+        _record_failure(paths, payload, env, exc)
         raise
+
+
+def _record_failure(paths: RunPaths, payload: TaskPayload, env: dict[str, Any], exc: BaseException) -> None:
+    """Rank 0 appends a "failed" event; any other rank writes its own file, which ``mcmdpo status``
+    reads too: on several nodes the first rank to fail is often not rank 0 (whose peers are then
+    killed before they can say why)."""
+    fields = {"error": _one_line(exc), "trace": traceback.format_exc()[-4000:], **env}
+    if env["rank"] == 0:
+        append_event(paths.events(payload.stage, payload.task_id), "failed", **fields)
+    else:
+        record = {"event": "failed", "time": time.time(), **fields}
+        write_json_atomic(paths.rank_failure(payload.stage, payload.task_id, env["rank"]), record)
 
 
 def _job_env() -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 from mcmdpo.batch import scheduler
 from mcmdpo.batch.artifacts import done_or_damaged, read_events, read_json
 from mcmdpo.batch.errors import MissingInput
+from mcmdpo.batch.paths import RunPaths
 from mcmdpo.batch.plan import Plan, PlannedTask, load_plan
 from mcmdpo.batch.stage import PROGRESS
 
@@ -118,8 +119,27 @@ def task_status(plan: Plan, task: PlannedTask, job_id: str, slurm: dict[str, str
         out["progress"] = read_progress(folder / ".work" / PROGRESS)
         out["elapsed_s"] = round(time.time() - starts[-1]["time"], 1) if starts else None
     if out["state"] == "failed":
-        out.update(error=last.get("error") or reason, last_log_line=_last_line(out["log"]))
+        first = first_failure(plan.paths, task, last, starts[-1]["time"] if starts else 0.0)
+        if first is not None:
+            where = f"rank {first['rank']} on {first.get('host', '?')}: " if first["rank"] else ""
+            out.update(error=where + str(first.get("error", "")), log=first.get("log") or out["log"])
+        out.update(error=out.get("error") or reason, last_log_line=_last_line(out["log"]))
     return out
+
+
+def first_failure(
+    paths: RunPaths, task: PlannedTask, last: dict[str, Any], since: float
+) -> dict[str, Any] | None:
+    """The earliest error of the latest attempt: rank 0's "failed" event or another rank's own file."""
+    found = [last] if last.get("event") == "failed" else []
+    for path in paths.rank_failures(task.stage, task.task_id):
+        try:
+            record = read_json(path)
+        except (OSError, ValueError):
+            continue
+        if record.get("time", 0) >= since:
+            found.append(record)
+    return min(found, key=lambda r: (r.get("time", 0), r.get("rank", 0))) if found else None
 
 
 def start_nodes(event: dict[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ import socket
 
 import pytest
 
+from mcmdpo.batch.artifacts import read_events
 from mcmdpo.batch.display import compact_hosts, status_table, tasks_table
 from mcmdpo.batch.launch import submit
 from mcmdpo.batch.plan import build_plan
@@ -129,3 +130,31 @@ def test_sample_multinode_profile(write_recipe):
     train = resolve_resources(profile, {}, "sft", "gpu")
     assert (train.nodes, train.tasks_per_node, train.gpus_per_node) == (2, 8, 8)
     assert resolve_resources(profile, {}, "eval", "gpu").nodes == 1
+
+
+def test_status_shows_the_first_rank_to_fail(write_recipe):
+    """Rank 0 records its failure in events.jsonl, another rank in its own file; status names the
+    earliest of the latest attempt (on several nodes, a peer's failure kills rank 0 with a symptom)."""
+    from mcmdpo.batch.artifacts import append_event, write_json_atomic
+    from mcmdpo.batch.paths import RunPaths
+
+    recipe = load_recipe(write_recipe(BASE + '[cluster]\nexecutor = "debug"\n'))
+    task = submit(recipe).plan.stage("count").tasks[1]
+    paths = RunPaths(recipe.run_dir)
+    paths.done("count", task.task_id).unlink()  # as if its latest attempt had failed on rank 0
+    append_event(paths.events("count", task.task_id), "start", rank=0, host="node1", nodes=["node1", "node2"])
+    started = read_events(paths.events("count", task.task_id))[-1]["time"]
+    failed_at = {"time": started + 10}
+    append_event(
+        paths.events("count", task.task_id), "failed", rank=0, error="gloo: Connection closed", **failed_at
+    )
+
+    def failed() -> dict:
+        (row,) = [t for t in run_status(recipe.run_dir)["stages"][0]["task_status"] if t["state"] == "failed"]
+        return row
+
+    assert failed()["error"] == "gloo: Connection closed"
+    peer = {"rank": 1, "host": "node2", "error": "RendezvousError: no", "log": "/x/9_1_log.err"}
+    write_json_atomic(paths.rank_failure("count", task.task_id, 1), {**peer, "time": started + 5})
+    write_json_atomic(paths.rank_failure("count", task.task_id, 2), {**peer, "rank": 2, "time": 1.0})  # stale
+    assert (failed()["error"], failed()["log"]) == ("rank 1 on node2: RendezvousError: no", "/x/9_1_log.err")
