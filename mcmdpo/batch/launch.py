@@ -106,7 +106,7 @@ def submit(
     plan.paths.run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(plan.run_dir, wait=wait, warn=observer.message):
         aside = recovery.prepare_resubmit(plan, rerun, observer.message)
-        record = _new_submission(plan, recipe, overrides)
+        record = _new_submission(plan, recipe, tuple(overrides) or recipe.overrides)
         report = SubmitReport(
             plan, [_stage_report(plan, s) for s in plan.stages], record["path"], set_aside=aside
         )

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from mcmdpo.batch.spec import EnvStr
+from mcmdpo.batch.spec import EnvStr, Spec
 from mcmdpo.llm import LLMSpec
 
 INSTRUCTION = "Given an image and context, generate alt-text for the image."
 """The upstream instruction; ``question`` = instruction + "\\nContext:\\n" + context."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Section(Spec):
+    """Frozen, unknown keys are errors, sub-specs asked what the environment lacks (``Spec``)."""
 
 
 class FilterSpec(_Section):

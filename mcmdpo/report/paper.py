@@ -1,11 +1,11 @@
 """The paper's published numbers (``paper_results.toml``, package data) matched to a report's rows.
 
 Every number of the paper's Tables 1-9 is in the data file, each row with the model it is (``base``,
-``sft``, ``dpo``, ``mdpo``, ``mcmdpo``; ``zero-shot`` rows are reference only) and the recipe settings it
-varies (``"preference.loss.gamma" = 0.4``). A row of ours is matched per test set (``palt``, ``talt``,
-``objhal``, ...) with the published row that
+``sft``, ``dpo``, ``mdpo``, ``mcmdpo``; ``zero-shot``: Table 2's other vision-language models) and the
+recipe settings it varies (``"preference.loss.gamma" = 0.4``). A row of ours is matched per test set
+(``palt``, ``talt``, ``objhal``, ...) with the published row that
 
-1. is the same model;
+1. is the same model (a zero-shot baseline of ours: the ``zero-shot`` row with its label);
 2. was trained on the same data: in Tables 2-8 the cells under a data set's columns are the model
    trained on that data set, so ``+DPO (PAlt)`` gets PAlt's ``+DPO`` cells and none on TAlt;
 3. has the settings the row states, as the run's recipe has them;
@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mcmdpo.report.labels import KIND_KEY, data_label, model_kind, point_label
+from mcmdpo.report.labels import BASELINE, KIND_KEY, data_label, model_kind, point_label
 from mcmdpo.report.layouts import benchmark_title
 from mcmdpo.report.tables import Cell, ColumnKey, TableRow
 
@@ -324,6 +324,8 @@ class _Facts:
     point: Mapping[str, Any]
     recipe: Mapping[str, Any]
     label: str
+    baseline: str = ""
+    """A zero-shot baseline's label (``InstructBLIP (13B)``), matched with the published row's."""
 
 
 def row_facts(file: MetricsFile) -> _Facts:
@@ -331,6 +333,9 @@ def row_facts(file: MetricsFile) -> _Facts:
     recipe = file.recipe or {}
     data = data_label(recipe["data"]) if isinstance(recipe.get("data"), Mapping) else ""
     point = {k: v for k, v in file.point.items() if k not in UNEXPLAINED}
+    if file.model_stage == BASELINE:
+        label = str((file.doc.get("model_spec") or {}).get("label") or file.model)
+        return _Facts("zero-shot", data, point, recipe, point_label(point), label)
     return _Facts(model_kind(file), data, point, recipe, point_label(point))
 
 
@@ -338,7 +343,7 @@ def best_match(paper: PaperResults, file: MetricsFile, dataset: str, target: str
     """The published row for the row of ``file`` on ``dataset`` (rules: the module docstring)."""
     facts = row_facts(file)
     rows = [r for r in paper.rows if dataset in r.datasets()]
-    same = [r for r in rows if r.model == facts.model]
+    same = [r for r in rows if r.model == facts.model and (not facts.baseline or r.label == facts.baseline)]
     if not same:
         return Match(
             dataset, None, f"the paper publishes no {benchmark_title(dataset)} results of this model"

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow
+import pyarrow.parquet
 import pytest
 
 from mcmdpo.batch.plan import build_plan
@@ -60,9 +62,12 @@ def paper_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "models" / "llava-v1.6-vicuna-7b-hf" / "config.json").write_text("{}")
     for name in IMAGE_DIRS:
         (tmp_path / "data" / name).mkdir(parents=True)
-    for name in [*DATA_FILES, "rlhf-v/RLHF-V-Dataset.parquet"]:
+    for name in DATA_FILES:
         (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "data" / name).write_text("[]")
+    rlhf = tmp_path / "data" / "rlhf-v" / "RLHF-V-Dataset.parquet"  # a real parquet file with no rows
+    rlhf.parent.mkdir(parents=True)
+    pyarrow.parquet.write_table(pyarrow.table({"image": pyarrow.array([], pyarrow.binary())}), rlhf)
     monkeypatch.setenv("MCMDPO_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("MCMDPO_MODELS", str(tmp_path / "models"))
     monkeypatch.setenv("MCMDPO_JUDGE_URL", "http://judge.invalid/v1")

@@ -441,7 +441,11 @@ title = "test"
 source = "a test"
 protocol = "paper"
 columns = ["test.rouge_l", "test.bleu_4"]
-rows = [{ label = "InstructBLIP (13B)", values = [5.99, 0.05] }, { label = "+SFT", values = [1.0, 2.0] }]
+rows = [
+  { label = "InstructBLIP (13B)", model = "zero-shot", values = [5.99, 0.05] },
+  { label = "Chameleon", model = "zero-shot", values = [13.69, 0.74] },
+  { label = "+SFT", model = "sft", values = [1.0, 2.0] },
+]
 """
 
 
@@ -476,7 +480,9 @@ def test_pipeline_reports_baselines_above_the_llava_rows(family_dir, write_recip
     built = build_from(collect([recipe.run_dir]), ReportSpec(resamples=0))
     with_paper = build_table(built.results, "all", paper=load_paper_results(tmp_path / "paper.toml"))
     labels = [(r.label, r.kind) for r in with_paper.rows]
-    assert labels[1:4] == [("InstructBLIP (13B)", "result"), ("InstructBLIP (13B) (paper)", "paper"),
+    assert labels[1:4] == [("InstructBLIP (13B)", "result"), ("InstructBLIP (13B) (paper, Table t2)", "paper"),
                            ("Δ vs paper", "delta")]  # fmt: skip
+    assert ("Chameleon (paper, Table t2)", "paper") in labels[4:]  # a published row no baseline of ours ran
+    assert ("VIP-LLaVA (13B) (paper, Table t2)", "paper") not in labels  # no such published row here
     delta = with_paper.rows[3].cells[("test", "paper", "rouge_l")].mean
     assert delta == pytest.approx(with_paper.rows[1].cells[("test", "paper", "rouge_l")].mean - 5.99)

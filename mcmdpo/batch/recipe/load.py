@@ -38,6 +38,8 @@ class Recipe:
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     point: dict[str, Any] = field(default_factory=dict)
     variants: tuple[Recipe, ...] = ()
+    overrides: tuple[str, ...] = ()
+    """The ``--set`` texts it was loaded with (recorded with each submission)."""
 
     @property
     def run_dir(self) -> Path:
@@ -93,20 +95,28 @@ def load_recipe(
     doc, lines = load_toml(path)
     source = _Source(str(path), lines)
     problems: list[Problem] = []
+    added: dict[str, str] = {}  # sections only --set names: allowed for a stage the recipe implies
     for text in overrides:
         parts, value = parse_override(text)
         if parts[0] not in doc and parts[0] not in FRAMEWORK_SECTIONS:
-            why = f"the recipe has no [{parts[0]}] section; --set changes a recipe, it adds no stage"
-            raise RecipeError([Problem(f"--set {text}", None, parts[0], why)])
+            added.setdefault(parts[0], text)
         set_dotted(doc, parts, value, f"--set {text}")
         source.overridden[".".join(parts)] = f"--set {text}"
     if transform is not None:
         transform(doc)
     sweep = _extract_sweep(doc.pop("sweep", {}), source, problems)
     registry = _load_registry(doc, source, problems)
+    for name, text in added.items():
+        if name not in registry:
+            raise RecipeError([_adds_a_stage(name, text)])
     base = _validate(doc, source, registry, path, problems)
     if base is None:
         raise RecipeError(problems)
+    for name, text in added.items():
+        implied = {n: spec for n, spec in base.stages.items() if n not in added}
+        _add_implied(implied, registry)
+        if name not in implied:
+            raise RecipeError([_adds_a_stage(name, text)])
     points = _sweep_points(sweep)
     variants = []
     for point in points:
@@ -123,7 +133,7 @@ def load_recipe(
         _check_memory(variants, registry, source, problems)
     if problems:
         raise RecipeError(problems)
-    return _with(base, sweep=sweep, variants=tuple(variants))
+    return _with(base, sweep=sweep, variants=tuple(variants), overrides=tuple(overrides))
 
 
 def _check_tasks(
@@ -131,7 +141,9 @@ def _check_tasks(
 ) -> None:
     """Run every stage's ``tasks()`` (and ``task_resources()``) now: errors that need the whole recipe
     (an offline reference without ``[reference]``, an unreadable data file a shard count needs, a
-    model too big for the profile's GPUs) fail at validation."""
+    model too big for the profile's GPUs) fail at validation. A problem in a data file that several
+    stages read is said once, by the first of them."""
+    said: set[str] = set()
     for variant in variants:
         source.swept = {key: f"sweep.{key}" for key in variant.point}
         for name, spec in variant.stages.items():
@@ -145,7 +157,10 @@ def _check_tasks(
                     for params in tasks:
                         stage.resources_of(spec, params, resources)
             except McmdpoError as exc:
-                problems.append(source.problem(exc.field or name, exc.render(field=False)))
+                text = exc.render(field=False)
+                if exc.file is None or text not in said:
+                    problems.append(source.problem(exc.field or name, text))
+                said.add(text)
             except ValueError as exc:
                 problems.append(source.problem(name, str(exc)))
 
@@ -169,6 +184,11 @@ def _check_memory(
             if text not in seen:
                 seen.add(text)
                 problems.append(source.problem(need.field, text))
+
+
+def _adds_a_stage(name: str, text: str) -> Problem:
+    why = f"the recipe has no [{name}] section; --set changes a recipe, it adds no stage"
+    return Problem(f"--set {text}", None, name, why)
 
 
 def _with(recipe: Recipe, **changes: Any) -> Recipe:

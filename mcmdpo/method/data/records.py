@@ -143,7 +143,15 @@ def _read_jsonl(path: Path) -> list[Any]:
 
 def _read_with_datasets(path: Path, fmt: str) -> list[Any]:
     import datasets
+    import pyarrow
+    import pyarrow.parquet
 
+    if fmt == "parquet":
+        try:
+            if pyarrow.parquet.ParquetFile(path).metadata.num_rows == 0:
+                return []  # datasets cannot build a dataset from no rows
+        except pyarrow.ArrowException as exc:
+            raise InputError(f"not a readable parquet file ({exc})", file=path) from None
     if fmt == "arrow":
         ds = datasets.Dataset.from_file(str(path))
     else:
