@@ -139,7 +139,7 @@ def builtin_modules() -> tuple[str, ...]:
 def register(stage: Stage) -> Stage:
     """Add ``stage`` to the registry (idempotent for the same object; a different one is an error)."""
     if not (isinstance(stage.spec, type) and issubclass(stage.spec, Spec)):
-        raise TypeError(f"stage {stage.name!r}: its spec {stage.spec!r} does not derive from mcmdpo.batch.spec.Spec")
+        raise TypeError(f"stage {stage.name!r}: its spec {stage.spec!r} does not derive from batch.spec.Spec")
     known = _REGISTRY.get(stage.name)
     if known is not None and known.run is not stage.run:
         raise ValueError(f"stage {stage.name!r} is already registered by {known.run.__module__}")
