@@ -29,6 +29,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ]
     if unmarked:
         raise pytest.UsageError("tests using slurm_cluster without the slurm marker: " + ", ".join(unmarked))
+    for item in items:
+        group = _worker_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
     if gpu:
         import torch
@@ -36,6 +40,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if not torch.cuda.is_available():
             for item in gpu:
                 item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (marker gpu)"))
+
+
+def _worker_group(item: pytest.Item) -> str | None:
+    """`make test` runs two workers (pytest-xdist, ``--dist loadgroup``). Tests of one SLURM cluster
+    share a worker (they watch its queue), and so do the tests of a module whose module-scoped fixture
+    they use (it is built once, not once per worker); any other test goes where there is room."""
+    if "slurm_multinode_cluster" in getattr(item, "fixturenames", ()):
+        return "slurm_multinode"
+    if item.get_closest_marker("slurm") is not None:
+        return "slurm"
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in info.name2fixturedefs.values() if info is not None else ():
+        if any(d.scope in ("module", "package", "class") for d in defs):
+            return item.nodeid.split("::")[0]
+    return None
 
 
 @pytest.fixture(autouse=True)

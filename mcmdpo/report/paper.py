@@ -16,9 +16,10 @@ Among the matches the published table the recipe names (``[report] paper_table``
 that states most of the swept keys (``gamma = 0.2`` in a gamma sweep is Table 8's row, not Table 2's),
 then the paper's table order. With ``--paper`` every matched row of ours is followed by its published
 row (``<label> (paper, Table N)``) and ``Δ vs paper`` (ours - published, on the printed mean); rows of
-ours without a counterpart get a note saying why; published rows of the compared tables that no row of
-ours matched are listed after the table's own rows. ``paper_comparison.csv`` has one line per compared
-value, naming the table and row it used (or why there is none).
+ours without a counterpart get a note saying why; published rows of the compared tables (of the
+named one only, with ``paper_table``) that no row of ours matched are listed after the table's own
+rows. ``paper_comparison.csv`` has one line per compared value, naming the table and row it used (or
+why there is none).
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ class PaperComparison:
 
     def interleave(self, rows: Sequence[TableRow]) -> list[TableRow]:
         """``rows`` with each matched row followed by its published row and delta row, then the
-        published rows of the compared tables that no row of ours matched."""
+        published rows of the compared tables (the target table, if named) that no row of ours matched."""
         out = []
         for row in rows:
             out.append(row)
@@ -193,7 +194,10 @@ class PaperComparison:
     def _unmatched_rows(self) -> list[TableRow]:
         used = {(id(m.row), m.dataset) for ms in self.matches.values() for m in ms if m.row is not None}
         out = []
-        for table in self.used_tables():
+        # the published table the recipe reproduces, when it names one (the base and SFT rows of a
+        # Table 7 run match Table 2's, whose other rows are not this run's business); else every one used
+        tables = [t for t in self.used_tables() if self.target is None or t.id == self.target]
+        for table in tables:
             for prow in table.rows if table.comparable else ():
                 cells = {
                     k: v

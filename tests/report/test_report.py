@@ -441,3 +441,17 @@ def test_cli_errors_are_one_line(tmp_path):
     assert rows.exit_code == 2 and "--compare '+DPO': no row" in rows.output
     with pytest.raises(ValueError, match="'table2', 'table3'"):  # Table 4 repeats 9: not a target
         ReportSpec(paper_table="table4")
+
+
+def test_a_named_paper_table_lists_only_its_own_unmatched_rows(tmp_path):
+    """A Table 8 run's +SFT row matches Table 2's; with paper_table = "table8" only Table 8's
+    unmatched rows follow the table (without it, Table 2's are listed as well)."""
+    palt = {"data": {"source": "files", "train_file": "/d/pinterest/pinterest_train.json"}}
+    run = make_run(tmp_path, [("sft", {})], ["palt"], 20, sections=palt)
+    spec = ReportSpec(resamples=0, figures=False, paper=True, paper_table="table8")
+    named = [r.label for r in write_report([run], tmp_path / "named", spec).table.rows]
+    assert named[:3] == ["+SFT", "LLaVA-1.6 (7B)+SFT (paper, Table 2)", "Δ vs paper"]
+    assert named[3:] and all(label.endswith("(paper, Table 8)") for label in named[3:])
+    spec = ReportSpec(resamples=0, figures=False, paper=True)
+    every = [r.label for r in write_report([run], tmp_path / "every", spec).table.rows]
+    assert "InstructBLIP (13B) (paper, Table 2)" in every and not any("Table 8" in x for x in every)
