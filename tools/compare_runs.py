@@ -6,8 +6,9 @@ What counts as the same:
 - weights (``*.safetensors``) and figures: byte for byte;
 - HDF5 (precompute shards, reference log-probs): every dataset's values; attributes that differ are
   listed (they hold absolute paths and hashes of them) but are not differences;
-- JSON / JSONL / CSV / Markdown / LaTeX: byte for byte once each run dir's absolute path is replaced
-  by one placeholder (predictions record the model folder they came from), except the training logs
+- JSON / JSONL / CSV / Markdown / LaTeX / HTML: byte for byte once each run dir's absolute path is
+  replaced by one placeholder (predictions record the model folder they came from) and the HTML
+  report's "written <time>" line is left out, except the training logs
   (``metrics.jsonl``, ``train.json``) and ``generation.json``, whose timing fields (and the
   generation key, a hash over absolute paths) are left out.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -31,7 +33,9 @@ TIMING |= {"wall_s", "load_s", "generate_s", "train_time_s", "started_at", "fini
 TIMING |= {"key"}  # generation.json: a hash over absolute paths
 SKIP_NAMES = {"DONE", "events.jsonl", "submit.lock"}
 SKIP_SUFFIXES = {".log", ".out", ".err", ".pkl"}
-TEXT = {".json", ".jsonl", ".csv", ".md", ".tex", ".txt", ".toml"}
+TEXT = {".json", ".jsonl", ".csv", ".md", ".tex", ".txt", ".toml", ".html"}
+WRITTEN = re.compile(rb"written \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC")
+"""The HTML report's header says when it was written (mcmdpo/report/html.py)."""
 
 
 def h5_signature(path: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -64,6 +68,8 @@ def _normalised(path: Path, run_dir: Path) -> bytes:
         else:
             doc = json.loads(text)
         text = json.dumps(_drop_timing(doc), sort_keys=True).encode()
+    if path.suffix == ".html":
+        text = WRITTEN.sub(b"written <TIME>", text)
     return text
 
 

@@ -33,14 +33,7 @@ from tests.helpers.slurm import wait_settled
 from tests.helpers.train_recipes import BASE, DEBUG, STEPS, assert_trained, clone, ranks, section
 from tests.helpers.training import assert_bit_identical, last_log, logged, losses, run, task_dir
 
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not os.environ.get("MCMDPO_MULTINODE"),
-        reason="the two-node cluster tests are opt-in until they pass in CI: MCMDPO_MULTINODE=1",
-    ),
-]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 PAUSE_MS = 5000
 """After every step of the sft job's first attempt: time to preempt it mid-training."""
