@@ -28,14 +28,17 @@ from tests.helpers.paths import REPO
 pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-m", "mcmdpo"]
-SMALLER = [  # the demo's DAG, every stage, at a size a 2-core CI machine runs twice in a few minutes
+SMALLER = [  # the demo's DAG, every stage, at a size a 2-core CI machine runs twice in a few minutes;
+    # checkpoints every few steps, so that a kill mid-training resumes from one (exactness on resume)
     "data.num_train=32",
-    "data.num_test=8",
+    "data.num_test=4",
     "precompute.samples_per_shard=16",
-    "sft.epochs=6",
-    "preference.epochs=2",
-    "eval.max_new_tokens=12",
-    "report.resamples=200",
+    "sft.epochs=3",
+    "sft.checkpoint_every_steps=4",
+    "preference.epochs=1",
+    "preference.checkpoint_every_steps=2",
+    "eval.max_new_tokens=8",
+    "report.resamples=100",
 ]
 STAGES = ("data", "model", "precompute", "sft", "reference", "preference", "eval", "score", "report")
 MIN_KILLS, SUBMIT_KILLS = 20, 2
@@ -119,7 +122,7 @@ def drive(chaos: Chaos, proc: subprocess.Popen, submit_kill_at: set[int]) -> Non
             time.sleep(chaos.rng.uniform(0.0, 0.6))
             chaos.kill(f"{stage}/{task}", pid)
             hit.add(stage)
-        elif live and time.time() > next_random and len(chaos.kills) < MIN_KILLS + 10:
+        elif live and time.time() > next_random and len(chaos.kills) < MIN_KILLS + 2:
             counts = Counter(k.split("/")[0] for k in chaos.kills)  # spread: the least-hit stage first
             least = min(counts[t[0]] for t in live)
             stage, task, pid = chaos.rng.choice([t for t in live if counts[t[0]] == least])
