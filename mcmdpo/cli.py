@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import signal
 import sys
 from dataclasses import replace
 from enum import Enum
@@ -496,6 +497,10 @@ def main() -> None:
     from mcmdpo.batch.errors import McmdpoError
     from mcmdpo.batch.recipe import RecipeError
 
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # started with SIGINT ignored (a background job of a script, a test runner's worker): Ctrl-C
+        # and `mcmdpo cancel` (a SIGINT to the submit) must still stop a submission
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         app()
     except McmdpoError as exc:

@@ -87,9 +87,10 @@ def test_killed_submit_leaves_live_tasks_that_a_resubmit_adopts(write_recipe):
 def test_ctrl_c_stops_the_tasks_and_says_how_to_resume(write_recipe):
     path = write_recipe(SLOW)
     run_dir = load_recipe(path).run_dir
-    proc = subprocess.Popen(
-        [*CLI, "submit", str(path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(  # started with SIGINT ignored, as a script's background job is: it still stops
+        [*CLI, "submit", str(path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
     wait_for(lambda: (run_dir / "count").is_dir() and any(starts(run_dir, "count").values()))
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
