@@ -11,11 +11,11 @@ demo: setup
 	.venv/bin/mcmdpo submit recipes/demo.toml
 
 # Starts the single-node SLURM dev cluster (root + apt), then runs every test including the SLURM and
-# browser (headless Chromium) ones, on two workers (pytest-xdist; the tests of one cluster share one worker).
+# browser (headless Chromium) ones, on two workers (pytest-xdist; tests/conftest.py decides what shares a worker).
 test: setup
 	tools/install_test_deps.sh
 	. "$$(slurm/dev-cluster/start.sh >/dev/null && echo $${SLURM_DIR:-/tmp/mcmdpo-slurm})/env.sh" && \
-	  MCMDPO_REQUIRE_SLURM=1 MCMDPO_REQUIRE_ASSETS=1 MCMDPO_REQUIRE_BROWSER=1 NLTK_DATA=$(CURDIR)/.venv/nltk_data DS_ACCELERATOR=cpu .venv/bin/python -m pytest -q -n 2 --dist loadgroup
+	  MCMDPO_REQUIRE_SLURM=1 MCMDPO_REQUIRE_ASSETS=1 MCMDPO_REQUIRE_BROWSER=1 NLTK_DATA=$(CURDIR)/.venv/nltk_data DS_ACCELERATOR=cpu .venv/bin/python -m pytest -q -n 2
 
 test-fast: setup
 	NLTK_DATA=$(CURDIR)/.venv/nltk_data DS_ACCELERATOR=cpu .venv/bin/python -m pytest -q -m "not slurm and not slow and not gpu"

@@ -12,6 +12,7 @@ import subprocess
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,10 +30,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ]
     if unmarked:
         raise pytest.UsageError("tests using slurm_cluster without the slurm marker: " + ", ".join(unmarked))
-    for item in items:
-        group = _worker_group(item)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
     gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
     if gpu:
         import torch
@@ -42,19 +39,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (marker gpu)"))
 
 
-def _worker_group(item: pytest.Item) -> str | None:
-    """`make test` runs two workers (pytest-xdist, ``--dist loadgroup``). Tests of one SLURM cluster
-    share a worker (they watch its queue), and so do the tests of a module whose module-scoped fixture
-    they use (it is built once, not once per worker); any other test goes where there is room."""
-    if "slurm_multinode_cluster" in getattr(item, "fixturenames", ()):
-        return "slurm_multinode"
-    if item.get_closest_marker("slurm") is not None:
-        return "slurm"
-    info = getattr(item, "_fixtureinfo", None)
-    for defs in info.name2fixturedefs.values() if info is not None else ():
-        if any(d.scope in ("module", "package", "class") for d in defs):
-            return item.nodeid.split("::")[0]
-    return None
+SHARED_WORKER = {
+    "tests/batch/test_slurm_multinode.py": "the multi-node cluster",
+    "tests/batch/test_slurm.py": "the single-node cluster",
+    "tests/batch/test_stops.py": "the single-node cluster",  # scancel of queued jobs
+    "tests/method/test_train_runs.py": "the single-node cluster",  # a time-limit requeue
+}
+"""Test modules that share a worker under `make test` (``pytest -n 2``): the tests of one SLURM
+cluster watch its queue and preempt its jobs, so they never run at the same time."""
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown (and unused) under -p no:xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test` runs two workers (pytest-xdist). A test module goes to one worker (its module-scoped
+    fixtures are built once), and the modules of one SLURM cluster to the same one (``SHARED_WORKER``)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ClusterScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SHARED_WORKER.get(module, module)
+
+    return ClusterScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)
