@@ -22,6 +22,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mcmdpo.batch.artifacts import write_json_atomic
 from mcmdpo.batch.errors import MissingInput
+from mcmdpo.batch.resumable import pause_for_tests
 from mcmdpo.batch.spec import EnvStr, existing_path
 from mcmdpo.batch.stage import Stage, StageSpec, TaskContext, register
 from mcmdpo.handoff import DATA_MANIFEST as MANIFEST
@@ -85,6 +86,7 @@ def run_data(ctx: TaskContext) -> list[str]:
             raise MissingInput("'curate' needs the [curate] stages in the recipe", field="data.source")
         manifest = data_manifest.curated_manifest(curated_files(ctx.inputs["curate_split"][0]))
         outputs = [MANIFEST]
+    pause_for_tests(ctx)  # the test hook, as every stage has it (a kill can land before the manifest)
     write_json_atomic(ctx.out_dir / MANIFEST, manifest)
     ctx.summary.update({s: info["num_records"] for s, info in manifest["splits"].items()})
     return outputs

@@ -84,9 +84,19 @@ def preempt_rank0_node(task: Path, timeout_s: float = 240) -> dict[str, Any]:
         assert time.time() < deadline, f"the two-node job never reached step 2\n{last_log(task.parents[1])}"
         time.sleep(0.5)
     node = read_events(task / "events.jsonl")[0]["nodes"][0]
-    urgent = ["sbatch", "--parsable", "-p", "urgent", "-w", node, "-c", "1", "-t", "3", "-o", "/dev/null"]
-    out = subprocess.run([*urgent, "--wrap", "sleep 60"], capture_output=True, text=True, check=True)
+    urgent = ["sbatch", "--parsable", "-p", "urgent", "-w", node, "-c", "1", "-t", "10", "-o", "/dev/null"]
+    out = subprocess.run([*urgent, "--wrap", "sleep 600"], capture_output=True, text=True, check=True)
     return {"node": node, "job": out.stdout.strip(), "at_step": len(logged_lines(task))}
+
+
+def release_when_resumed(task: Path, job: str, timeout_s: float = 480) -> None:
+    """The urgent job holds the preempted node until the requeued job has started again (on the
+    other pair, however long the save and the requeue take on a busy machine); then it is cancelled."""
+    deadline = time.time() + timeout_s
+    while sum(e["event"] == "start" for e in read_events(task / "events.jsonl")) < 2:
+        assert time.time() < deadline, f"the preempted job never started again\n{last_log(task.parents[1])}"
+        time.sleep(0.5)
+    subprocess.run(["scancel", job], capture_output=True)
 
 
 def logged_lines(task: Path) -> list[str]:
@@ -140,6 +150,7 @@ def runs(multinode, upstream, nltk_data, tmp_path_factory) -> dict[str, Any]:  #
     with ThreadPoolExecutor(1) as pool:
         baseline = pool.submit(run, local)
         preemption = preempt_rank0_node(task_dir(chain, "sft"))
+        release_when_resumed(task_dir(chain, "sft"), preemption["job"])
         status = wait_settled(load_recipe(chain).run_dir, 480)
         baseline.result()
     return {
