@@ -8,7 +8,7 @@ What counts as the same:
   listed (they hold absolute paths and hashes of them) but are not differences;
 - JSON / JSONL / CSV / Markdown / LaTeX / HTML: byte for byte once each run dir's absolute path is
   replaced by one placeholder (predictions record the model folder they came from) and the HTML
-  report's "written <time>" line is left out, except the training logs
+  report's "written <time>" line and its per-page CSP nonce are left out, except the training logs
   (``metrics.jsonl``, ``train.json``) and ``generation.json``, whose timing fields (and the
   generation key, a hash over absolute paths) are left out.
 
@@ -36,6 +36,8 @@ SKIP_SUFFIXES = {".log", ".out", ".err", ".pkl"}
 TEXT = {".json", ".jsonl", ".csv", ".md", ".tex", ".txt", ".toml", ".html"}
 WRITTEN = re.compile(rb"written \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC")
 """The HTML report's header says when it was written (mcmdpo/report/html.py)."""
+NONCE = re.compile(rb"nonce(-|=\")[A-Za-z0-9_-]+")
+"""... and its Content-Security-Policy nonce is drawn per page."""
 
 
 def h5_signature(path: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -69,7 +71,7 @@ def _normalised(path: Path, run_dir: Path) -> bytes:
             doc = json.loads(text)
         text = json.dumps(_drop_timing(doc), sort_keys=True).encode()
     if path.suffix == ".html":
-        text = WRITTEN.sub(b"written <TIME>", text)
+        text = NONCE.sub(rb"nonce\1<NONCE>", WRITTEN.sub(b"written <TIME>", text))
     return text
 
 
