@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mcmdpo.report.labels import BASELINE, KIND_KEY, data_label, model_kind, point_label
+from mcmdpo.report.labels import BASELINE, KIND_KEY, data_label, model_kind, model_label, point_label
 from mcmdpo.report.layouts import benchmark_title
 from mcmdpo.report.tables import Cell, ColumnKey, TableRow
 
@@ -338,8 +338,7 @@ def row_facts(file: MetricsFile) -> _Facts:
     data = data_label(recipe["data"]) if isinstance(recipe.get("data"), Mapping) else ""
     point = {k: v for k, v in file.point.items() if k not in UNEXPLAINED}
     if file.model_stage == BASELINE:
-        label = str((file.doc.get("model_spec") or {}).get("label") or file.model)
-        return _Facts("zero-shot", data, point, recipe, point_label(point), label)
+        return _Facts("zero-shot", data, point, recipe, point_label(point), model_label(file, {}))
     return _Facts(model_kind(file), data, point, recipe, point_label(point))
 
 

@@ -112,9 +112,9 @@ def load_recipe(
     base = _validate(doc, source, registry, path, problems)
     if base is None:
         raise RecipeError(problems)
+    implied = {n: spec for n, spec in base.stages.items() if n not in added}
+    _add_implied(implied, registry)  # the stages the recipe has without the sections --set added
     for name, text in added.items():
-        implied = {n: spec for n, spec in base.stages.items() if n not in added}
-        _add_implied(implied, registry)
         if name not in implied:
             raise RecipeError([_adds_a_stage(name, text)])
     points = _sweep_points(sweep)
